@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   tiny pretraining run on the shipped sample corpus, then GLUE fine-tuning + evaluation
+#   make test   the default test suite (slow tests excluded; `make test-slow` runs them)
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+GLUE_DIR ?= ../shared/data/glue
+WORKDIR ?= runs/demo
+
+.PHONY: test test-slow lint demo clean
+
+$(BIN)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 12), f"need Python >= 3.12 (jax 0.11.2); $(PYTHON) is {sys.version.split()[0]}: install 3.12 (pyenv reads .python-version) or pass PYTHON=..."'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+test-slow: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "slow and not gpu" -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,219 @@
+"""The FFF math against the float64 NumPy reference, masked vs conditional, paths, gradients, errors."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests import reference_numpy as ref
+from ufbert_jax import fff
+
+# Tokens whose on-path logit is closer to 0 than this may route differently under float32 rounding.
+MARGIN = {jnp.float32: 1e-3, jnp.bfloat16: 0.1}
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
+
+
+def draw(rng, trees, depth, hidden, lead=(7,)):
+    """Fresh FFF operands (float32 numpy): x [*lead, H], w_in/w_out [K, N, H], b_in [K, N]."""
+    nodes = 2 ** (depth + 1) - 1
+    x = rng.standard_normal((*lead, hidden)).astype(np.float32)
+    w_in = (rng.standard_normal((trees, nodes, hidden)) / np.sqrt(hidden)).astype(np.float32)
+    b_in = (0.3 * rng.standard_normal((trees, nodes))).astype(np.float32)
+    w_out = rng.standard_normal((trees, nodes, hidden)).astype(np.float32)
+    return x, w_in, b_in, w_out
+
+
+def reference(x, w_in, b_in, w_out):
+    """float64 NumPy reference in the original layout: ([T, H], visited [T, K, L], path margin [T])."""
+    trees, nodes, hidden = w_in.shape
+    flat = np.asarray(x, np.float64).reshape(-1, hidden)
+    y, visited = ref.fff_forward(
+        flat,
+        np.asarray(w_in, np.float64).reshape(trees * nodes, hidden),
+        np.asarray(b_in, np.float64).reshape(-1),
+        np.asarray(w_out, np.float64).reshape(trees * nodes, hidden).T,
+        trees,
+    )
+    logits = np.einsum("th,knh->tkn", flat, np.asarray(w_in, np.float64)) + np.asarray(b_in, np.float64)
+    on_path = np.take_along_axis(logits, visited, axis=-1)  # [T, K, L]
+    return y, visited, np.abs(on_path).min(axis=(1, 2))
+
+
+def unambiguous(x, w_in, b_in, margin):
+    """x with the tokens whose routing is within rounding of a tie removed (flattened to [T, H])."""
+    flat = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
+    _, _, path_margin = reference(flat, w_in, b_in, w_in)
+    return flat[path_margin > margin]
+
+
+@pytest.mark.parametrize("impl", ["masked", "conditional"])
+@pytest.mark.parametrize("trees,depth,hidden", [(1, 0, 8), (1, 3, 16), (3, 2, 32), (2, 5, 24), (1, 11, 16)])
+def test_matches_float64_reference(rng, impl, trees, depth, hidden):
+    x, w_in, b_in, w_out = draw(rng, trees, depth, hidden, lead=(3, 11))
+    expected, _, path_margin = reference(x, w_in, b_in, w_out)
+    got = np.asarray(jax.jit(fff.apply, static_argnames="impl")(x, w_in, b_in, w_out, impl=impl))
+    assert got.shape == x.shape
+    keep = path_margin > MARGIN[jnp.float32]
+    assert keep.sum() > 0.8 * keep.size
+    err = np.abs(got.reshape(-1, hidden)[keep] - expected[keep]).max()
+    assert err <= TOL[jnp.float32] * max(1.0, np.abs(expected).max()), err
+
+
+COMBOS = [
+    (trees, depth, hidden, dtype, lead)
+    for (trees, depth, hidden), dtype, lead in itertools.product(
+        [(1, 0, 16), (1, 1, 32), (4, 3, 16), (2, 6, 64), (1, 11, 32)],
+        [jnp.float32, jnp.bfloat16],
+        [(5,), (2, 9), (1, 3, 4)],
+    )
+]
+
+
+@pytest.mark.parametrize("trees,depth,hidden,dtype,lead", COMBOS)
+def test_masked_equals_conditional_outputs_and_gradients(rng, trees, depth, hidden, dtype, lead):
+    x, w_in, b_in, w_out = draw(rng, trees, depth, hidden, lead)
+    x = unambiguous(x, w_in.astype(dtype).astype(np.float32), b_in, MARGIN[dtype])
+    args = (jnp.asarray(x, dtype), jnp.asarray(w_in, dtype), jnp.asarray(b_in), jnp.asarray(w_out, dtype))
+    cotangent = jnp.asarray(rng.standard_normal(x.shape), dtype)
+
+    def value_and_vjp(impl):
+        y, vjp = jax.vjp(lambda *a: fff.apply(*a, impl=impl), *args)
+        return (y, *vjp(cotangent))
+
+    masked = jax.jit(lambda: value_and_vjp("masked"))()
+    conditional = jax.jit(lambda: value_and_vjp("conditional"))()
+    for name, a, b in zip(["y", "dx", "dw_in", "db_in", "dw_out"], masked, conditional, strict=True):
+        assert a.dtype == b.dtype, name
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        scale = max(1.0, np.abs(b).max())
+        assert np.abs(a - b).max() <= TOL[dtype] * scale, (name, np.abs(a - b).max())
+
+
+@pytest.mark.parametrize("impl", ["masked", "conditional", "auto"])
+def test_gradients_match_float64_finite_differences(rng, impl):
+    """jax.grad of sum(y * c) equals the float64 reference's central differences (routing held fixed)."""
+    x, w_in, b_in, w_out = draw(rng, 2, 3, 8, lead=(4,))
+    x = unambiguous(x, w_in, b_in, 0.05)
+    c = rng.standard_normal(x.shape)
+
+    def loss64(x_, w_in_, b_in_, w_out_):
+        return float((reference(x_, w_in_, b_in_, w_out_)[0] * c).sum())
+
+    grads = jax.grad(
+        lambda *a: (fff.apply(*a, impl=impl) * c.astype(np.float32)).sum(), argnums=(0, 1, 2, 3)
+    )(x, w_in, b_in, w_out)
+    args = [np.asarray(a, np.float64) for a in (x, w_in, b_in, w_out)]
+    eps = 1e-4
+    for which, grad in enumerate(grads):
+        flat_index = rng.choice(args[which].size, size=6, replace=False)
+        for i in flat_index:
+            bumped = [a.copy() for a in args]
+            bumped[which].reshape(-1)[i] += eps
+            up = loss64(*bumped)
+            bumped[which].reshape(-1)[i] -= 2 * eps
+            numeric = (up - loss64(*bumped)) / (2 * eps)
+            assert abs(float(np.asarray(grad).reshape(-1)[i]) - numeric) < 1e-3 * max(1, abs(numeric))
+
+
+@pytest.mark.parametrize("impl", ["masked", "conditional", "auto"])
+def test_off_path_nodes_get_exactly_zero_gradient(rng, impl):
+    x, w_in, b_in, w_out = draw(rng, 2, 4, 16, lead=(3,))
+    _, visited, _ = reference(x, w_in, b_in, w_out)
+    on_path = np.zeros(b_in.shape, bool)
+    for k in range(w_in.shape[0]):
+        on_path[k, np.unique(visited[:, k])] = True
+    grads = jax.grad(lambda *a: fff.apply(*a, impl=impl).sum(), argnums=(1, 2, 3))(x, w_in, b_in, w_out)
+    for grad in grads:
+        grad = np.asarray(grad).reshape(*on_path.shape, -1)
+        assert np.all(grad[~on_path] == 0.0)
+        assert np.all(np.abs(grad[on_path]).max(axis=-1) > 0)
+
+
+@pytest.mark.parametrize("trees,depth", [(1, 0), (1, 4), (3, 3), (2, 11)])
+def test_paths_are_root_to_leaf_chains_matching_reference(rng, trees, depth):
+    x, w_in, b_in, w_out = draw(rng, trees, depth, 16, lead=(4, 5))
+    path = np.asarray(fff.paths(x, w_in, b_in))
+    assert path.shape == (4, 5, trees, depth + 1) and path.dtype == np.int32
+    assert np.all(path[..., 0] == 0)
+    step = path[..., 1:] - 2 * path[..., :-1]
+    assert np.all((step == 1) | (step == 2))
+    assert np.all((path[..., -1] >= 2**depth - 1) & (path[..., -1] < 2 ** (depth + 1) - 1))
+    _, visited, path_margin = reference(x, w_in, b_in, w_out)
+    keep = path_margin > MARGIN[jnp.float32]
+    np.testing.assert_array_equal(path.reshape(-1, trees, depth + 1)[keep], visited[keep])
+
+
+def test_depth_zero_is_a_plain_gelu_feedforward_with_input_bias(rng):
+    x, w_in, b_in, w_out = draw(rng, 6, 0, 16, lead=(10,))
+    # K trees of one node = a dense GELU FF of width K: gelu(x W_in^T + b) W_out, no output bias.
+    hidden = x.astype(np.float64) @ w_in[:, 0].T.astype(np.float64) + b_in[:, 0]
+    expected = ref.gelu(hidden) @ w_out[:, 0].astype(np.float64)
+    for impl in ("masked", "conditional"):
+        np.testing.assert_allclose(fff.apply(x, w_in, b_in, w_out, impl=impl), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_zero_and_nan_logits_route_left_positive_right(rng):
+    x, w_in, b_in, w_out = draw(rng, 1, 3, 8, lead=(4,))
+    x[0, 0] = np.nan
+    x[1:] = 0.0  # logit = bias exactly
+    b_in[0] = 0.0
+    path = np.asarray(fff.paths(x, w_in, b_in))
+    np.testing.assert_array_equal(path[0, 0], [0, 1, 3, 7])  # NaN: z > 0 is false
+    np.testing.assert_array_equal(path[1, 0], [0, 1, 3, 7])  # z == 0 goes left (strict >)
+    b_in[0, [0, 2]] = 1e-30  # the smallest positive logits go right
+    np.testing.assert_array_equal(fff.paths(x, w_in, b_in)[1, 0], [0, 2, 6, 13])
+
+
+def test_jit_and_vmap_over_inputs_and_weights(rng):
+    x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(4, 6))
+    for impl in ("masked", "conditional", "auto"):
+        apply = jax.jit(lambda *a, impl=impl: fff.apply(*a, impl=impl))
+        expected = apply(x, w_in, b_in, w_out)
+        np.testing.assert_allclose(jax.vmap(apply, (0, None, None, None))(x, w_in, b_in, w_out), expected,
+                                   rtol=1e-5, atol=1e-5)
+        stacked = [np.stack([w, 2 * w]) for w in (w_in, b_in, w_out)]
+        per_weights = jax.vmap(apply, (None, 0, 0, 0))(x, *stacked)
+        np.testing.assert_allclose(per_weights[0], expected, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(per_weights[1], apply(x, *(s[1] for s in stacked)), rtol=1e-5, atol=1e-5)
+
+
+def test_auto_differentiates_through_the_masked_form(rng):
+    x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(9,))
+    grad = jax.grad(lambda *a, impl: fff.apply(*a, impl=impl).sum(), argnums=(0, 1, 2, 3))
+    for a, b in zip(grad(x, w_in, b_in, w_out, impl="auto"), grad(x, w_in, b_in, w_out, impl="masked"),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("nodes", [0, 2, 4, 5, 6, 8, 14, 16, 4096])
+def test_bad_node_count_is_named(nodes):
+    w = jnp.zeros((1, nodes, 8))
+    with pytest.raises(ValueError, match=f"N={nodes}"):
+        fff.apply(jnp.zeros((2, 8)), w, jnp.zeros((1, nodes)), w, impl="masked")
+
+
+@pytest.mark.parametrize(
+    "shapes,error,match",
+    [
+        (((2, 8), (1, 7, 8), (1, 7), (1, 7, 9)), ValueError, r"w_out must have w_in's shape"),
+        (((2, 8), (1, 7, 8), (7,), (1, 7, 8)), ValueError, r"b_in must be \[K, N\] = \(1, 7\)"),
+        (((2, 9), (1, 7, 8), (1, 7), (1, 7, 8)), ValueError, r"H=8; got shape \(2, 9\)"),
+        (((2, 8), (7, 8), (1, 7), (7, 8)), ValueError, r"w_in must be \[K, N, H\]"),
+    ],
+)
+def test_bad_shapes_give_clear_errors(shapes, error, match):
+    x, w_in, b_in, w_out = (jnp.zeros(s) for s in shapes)
+    with pytest.raises(error, match=match):
+        fff.apply(x, w_in, b_in, w_out, impl="masked")
+
+
+def test_bad_dtypes_and_impl_give_clear_errors():
+    w = jnp.zeros((1, 3, 8))
+    with pytest.raises(TypeError, match="share one dtype; got bfloat16, float32, float32"):
+        fff.apply(jnp.zeros((2, 8), jnp.bfloat16), w, jnp.zeros((1, 3)), w)
+    with pytest.raises(TypeError, match="x must be floating point; got dtype int32"):
+        fff.apply(jnp.zeros((2, 8), jnp.int32), w, jnp.zeros((1, 3)), w)
+    with pytest.raises(ValueError, match="unknown FFF impl 'fast'"):
+        fff.apply(jnp.zeros((2, 8)), w, jnp.zeros((1, 3)), w, impl="fast")

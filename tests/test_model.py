@@ -1,0 +1,167 @@
+"""The encoder, MLM and GLUE heads against the float64 NumPy implementation of the original."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from tests import reference_numpy as ref
+from ufbert_jax import config, model, state_dict
+
+SMALL = dict(vocab_size=61, hidden=32, layers=2, heads=4, max_len=16)
+
+
+def randomise(module: nnx.Module, rng: np.random.Generator) -> None:
+    """Every parameter (biases, norms and the positional scale included) to fresh non-trivial values."""
+    for _, var in nnx.iter_graph(module):
+        if isinstance(var, nnx.Param):
+            scale = 0.3 if var.ndim < 2 else 1.0 / np.sqrt(var.shape[-1] if var.ndim == 2 else var.shape[-1])
+            value = rng.standard_normal(var.shape) * scale
+            if var.ndim <= 1:
+                value = value + 1.0  # norm scales near 1, positional scale away from 0
+            var[...] = jnp.asarray(value, jnp.float32)
+
+
+def tokens_and_mask(rng, cfg, batch=3, seq_len=12):
+    ids = rng.integers(1, cfg.vocab_size, (batch, seq_len))
+    lengths = rng.integers(seq_len // 2, seq_len + 1, batch)
+    lengths[0] = seq_len
+    mask = (np.arange(seq_len)[None] < lengths[:, None]).astype(np.int32)
+    return ids * mask, mask  # pad id 0 on padded positions
+
+
+def arch(cfg):
+    trees = cfg.fff_trees if cfg.feedforward == "fff" else None
+    return dict(layers=cfg.layers, heads=cfg.heads, trees=trees, eps=cfg.norm_eps)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(fff_trees=1, fff_depth=3),
+        dict(fff_trees=3, fff_depth=2),
+        dict(feedforward="dense", ff_width=48),
+    ],
+    ids=["fff-1x3", "fff-3x2", "dense"],
+)
+@pytest.mark.parametrize("fff_impl", ["masked", "conditional"])
+def test_mlm_logits_match_float64_original(rng, overrides, fff_impl):
+    cfg = config.ModelConfig(**SMALL, **overrides, fff_impl=fff_impl, norm_eps=1e-5)
+    mlm = model.MaskedLM(cfg, nnx.Rngs(int(rng.integers(2**31))))
+    randomise(mlm, rng)
+    mlm.eval()
+    ids, mask = tokens_and_mask(rng, cfg)
+    got = np.asarray(nnx.jit(lambda m, i, a: m(i, a))(mlm, ids, mask))
+    expected = ref.mlm_logits(state_dict.to_state_dict(mlm), ids, mask, **arch(cfg))
+    assert got.shape == (*ids.shape, cfg.vocab_size)
+    # FFF routing can flip for a token whose logit is within float32 rounding of 0; then that token's
+    # logits differ. Draws where this happens are rare; require exactness for all but at most one token.
+    token_err = np.abs(got - expected).max(axis=-1)
+    assert np.sum(token_err > 1e-4) <= (1 if cfg.feedforward == "fff" else 0), token_err.max()
+
+
+def test_classifier_matches_float64_original_and_padding_is_ignored(rng):
+    cfg = config.ModelConfig(**SMALL, fff_trees=2, fff_depth=2, fff_impl="conditional", norm_eps=1e-5)
+    clf = model.SequenceClassifier(cfg, num_labels=3, rngs=nnx.Rngs(0))
+    randomise(clf, rng)
+    clf.eval()
+    ids, mask = tokens_and_mask(rng, cfg)
+    got = np.asarray(clf(ids, mask))
+    expected = ref.classifier_logits(state_dict.to_state_dict(clf), ids, mask, **arch(cfg))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+    # Changing the tokens under the padding mask leaves the first-token output (almost) unchanged: the
+    # additive -10000 mask leaves exp(-10000) of weight on them.
+    noisy = np.where(mask == 1, ids, rng.integers(1, cfg.vocab_size, ids.shape))
+    np.testing.assert_allclose(clf(noisy, mask), got, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name,expected",
+    [("ultrafastbert-1x11", 163_671_025), ("crammedbert-3072", 138_464_257), ("crammedbert-4095", 163_605_505)],
+)
+def test_parameter_counts_match_the_paper(name, expected):
+    mlm = nnx.eval_shape(lambda: model.MaskedLM(config.preset(name), nnx.Rngs(0)))
+    assert model.count_params(mlm) == expected
+
+
+@pytest.mark.parametrize("name", config.PAPER_PRESETS)
+def test_every_paper_preset_resolves(name):
+    cfg = config.preset(name)
+    if cfg.feedforward == "fff":
+        assert cfg.fff_trees * (2 ** (cfg.fff_depth + 1) - 1) in (4095, 3072, 4608, 3584, 3840, 3968, 4032, 4064,
+                                                                   4080, 4088, 4092, 4094)
+    assert (cfg.hidden, cfg.layers, cfg.heads, cfg.vocab_size, cfg.max_len) == (768, 16, 12, 32768, 128)
+
+
+def test_any_k_by_d_preset_and_bad_names():
+    cfg = config.preset("UltraFastBERT-5x7", dropout=0.0)
+    assert (cfg.fff_trees, cfg.fff_depth, cfg.fff_nodes, cfg.dropout) == (5, 7, 255, 0.0)
+    assert config.preset("ultrafastbert-1x11-long") == config.preset("ultrafastbert-1x11")
+    with pytest.raises(ValueError, match="unknown preset 'bert-huge'"):
+        config.preset("bert-huge")
+    with pytest.raises(ValueError, match="hidden=30 must be a multiple of heads=4"):
+        config.ModelConfig(hidden=30, heads=4)
+    with pytest.raises(ValueError, match="fff_depth=-1 must be >= 0"):
+        config.ModelConfig(fff_depth=-1)
+
+
+def test_original_initialisation(rng):
+    cfg = config.ModelConfig(**{**SMALL, "hidden": 128, "vocab_size": 1000})
+    mlm = model.MaskedLM(cfg, nnx.Rngs(int(rng.integers(2**31))))
+    sd = state_dict.to_state_dict(mlm)
+    for key, value in sd.items():
+        if key.endswith("norm.weight") or key.endswith(("norm1.weight", "norm2.weight")):
+            np.testing.assert_array_equal(value, 1.0)
+        elif key.endswith(".bias"):
+            np.testing.assert_array_equal(value, 0.0)
+        elif key.endswith("scale_factor"):
+            np.testing.assert_allclose(value, [1 / np.sqrt(128)], rtol=1e-6)
+        elif key.endswith("weight") and value.size > 1000:
+            assert abs(value.std() - 0.02) < 0.002 and abs(value.mean()) < 0.002, key
+
+
+def test_bfloat16_compute_tracks_float32_and_keeps_float32_params(rng):
+    cfg = config.ModelConfig(**SMALL, fff_trees=2, fff_depth=2, fff_impl="masked", dropout=0.0)
+    mlm32 = model.MaskedLM(cfg, nnx.Rngs(1))
+    mlm16 = model.MaskedLM(cfg.replace(dtype="bfloat16"), nnx.Rngs(1))
+    ids, mask = tokens_and_mask(rng, cfg)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(nnx.state(mlm16, nnx.Param)))
+    a, b = np.asarray(mlm32(ids, mask)), np.asarray(mlm16(ids, mask))
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 3e-2
+
+
+def test_dropout_switches_with_train_and_eval(rng):
+    cfg = config.ModelConfig(**SMALL, fff_trees=1, fff_depth=2, fff_impl="masked", dropout=0.1)
+    mlm = model.MaskedLM(cfg, nnx.Rngs(0, dropout=1))
+    ids, _ = tokens_and_mask(rng, cfg)
+    mlm.train()
+    assert not np.allclose(mlm(ids), mlm(ids))
+    mlm.eval()
+    np.testing.assert_array_equal(mlm(ids), mlm(ids))
+
+
+def test_bad_inputs_give_clear_errors():
+    cfg = config.ModelConfig(**SMALL, fff_trees=1, fff_depth=1)
+    mlm = model.MaskedLM(cfg, nnx.Rngs(0))
+    with pytest.raises(ValueError, match="sequence length 17 exceeds the model's max_len=16"):
+        mlm(jnp.zeros((1, 17), jnp.int32))
+    with pytest.raises(ValueError, match=r"token_ids must be \[B, S\]"):
+        mlm(jnp.zeros((17,), jnp.int32))
+    with pytest.raises(ValueError, match=r"attention_mask shape \(1, 4\) != token_ids shape \(1, 5\)"):
+        mlm(jnp.zeros((1, 5), jnp.int32), jnp.ones((1, 4)))
+    with pytest.raises(ValueError, match="num_labels=0 must be >= 1"):
+        model.SequenceClassifier(cfg, 0, nnx.Rngs(0))
+
+
+def test_state_dict_round_trip_is_bit_exact(rng):
+    cfg = config.ModelConfig(**SMALL, fff_trees=3, fff_depth=2)
+    source = model.MaskedLM(cfg, nnx.Rngs(0))
+    randomise(source, rng)
+    exported = state_dict.to_state_dict(source)
+    target = model.MaskedLM(cfg, nnx.Rngs(1))
+    state_dict.load_state_dict(target, exported)
+    again = state_dict.to_state_dict(target)
+    assert exported.keys() == again.keys()
+    for key in exported:
+        np.testing.assert_array_equal(exported[key], again[key], err_msg=key)

@@ -1,0 +1,225 @@
+"""The crammed BERT encoder of UltraFastBERT in Flax NNX, with its MLM and GLUE heads.
+
+Shape legend: B batch, S sequence, H hidden, A heads, E head dim (H / A), V vocabulary, C classes,
+K trees, N nodes per tree.
+
+Matches the original (cramming codebase, as configured for UltraFastBERT) on purpose in every detail that
+changes outputs: scaled sinusoidal positions with a learnable scalar, embedding LayerNorm, PRE-norm blocks,
+one fused per-head-interleaved QKV projection without bias, scores scaled by E^-0.5, an additive
+(1 - mask) * -10000 key mask, exact GELU, LayerNorm eps 1e-12, a final LayerNorm, and an MLM decoder tied to
+the word embedding without bias. Initialisation is the effective one of the original: every Linear and
+Embedding weight ~ N(0, 0.02^2), biases 0, LayerNorm 1 / 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ufbert_jax import fff
+from ufbert_jax.config import ModelConfig
+
+INIT_STD = 0.02
+MASK_PENALTY = -10000.0
+CLASSIFIER_WIDTH = 1024
+
+_normal = nnx.initializers.normal(INIT_STD)
+
+
+def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
+    return nnx.Linear(
+        d_in, d_out, use_bias=bias, kernel_init=_normal, dtype=cfg.compute_dtype, rngs=rngs
+    )
+
+
+def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(cfg.hidden, epsilon=cfg.norm_eps, dtype=cfg.compute_dtype, rngs=rngs)
+
+
+def sinusoidal_positions(length: int, hidden: int) -> np.ndarray:
+    """[S, H] table: pe[p, 2i] = sin(p w_i), pe[p, 2i+1] = cos(p w_i), w_i = exp(-2i ln(10000) / H).
+
+    Computed in float64, then rounded to float32 (the original builds it in float32; both agree within
+    5e-6).
+    """
+    position = np.arange(length, dtype=np.float64)[:, None]  # [S, 1]
+    frequency = np.exp(-np.arange(0, hidden, 2, dtype=np.float64) * math.log(10000.0) / hidden)
+    table = np.zeros((length, hidden), np.float64)
+    table[:, 0::2] = np.sin(position * frequency)
+    table[:, 1::2] = np.cos(position * frequency)
+    return table.astype(np.float32)
+
+
+class Embedding(nnx.Module):
+    """Word embedding + s * sinusoidal positions, then LayerNorm and dropout. No token types."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.word = nnx.Embed(
+            cfg.vocab_size, cfg.hidden, embedding_init=_normal, dtype=cfg.compute_dtype, rngs=rngs
+        )
+        self.position_scale = nnx.Param(jnp.full((), 1.0 / math.sqrt(cfg.hidden), jnp.float32))
+        self.norm = _layer_norm(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(self, token_ids: jax.Array) -> jax.Array:
+        """token_ids [B, S] int -> [B, S, H]."""
+        seq_len = token_ids.shape[-1]
+        if seq_len > self.cfg.max_len:
+            raise ValueError(f"sequence length {seq_len} exceeds the model's max_len={self.cfg.max_len}")
+        positions = jnp.asarray(sinusoidal_positions(seq_len, self.cfg.hidden))  # [S, H]
+        embedded = self.word(token_ids) + (self.position_scale[...] * positions).astype(
+            self.cfg.compute_dtype
+        )
+        return self.dropout(self.norm(embedded))
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention with the original's fused, per-head-interleaved QKV projection."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.query_key_value = _linear(cfg, cfg.hidden, 3 * cfg.hidden, rngs)
+        self.dense = _linear(cfg, cfg.hidden, cfg.hidden, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(self, h: jax.Array, key_bias: jax.Array | None) -> jax.Array:
+        """h [B, S, H]; key_bias [B, S] additive (0 or -10000) or None -> [B, S, H]."""
+        cfg = self.cfg
+        batch, seq_len, _ = h.shape
+        qkv = self.query_key_value(h).reshape(batch, seq_len, cfg.heads, 3 * cfg.head_dim)  # [B,S,A,3E]
+        # Features h*3E + [0,E) are q of head h, + [E,2E) its k, + [2E,3E) its v.
+        query, key, value = jnp.split(qkv, 3, axis=-1)  # each [B, S, A, E]
+        scores = jnp.einsum("bqae,bkae->baqk", query, key, preferred_element_type=jnp.float32)
+        scores = scores * cfg.head_dim**-0.5  # [B, A, S, S]
+        if key_bias is not None:
+            scores = scores + key_bias[:, None, None, :]
+        probs = self.dropout(jax.nn.softmax(scores, axis=-1)).astype(cfg.compute_dtype)
+        context = jnp.einsum("baqk,bkae->bqae", probs, value)  # [B, S, A, E]
+        return self.dense(context.reshape(batch, seq_len, cfg.hidden))
+
+
+class DenseFeedForward(nnx.Module):
+    """crammedBERT's feedforward as configured for UltraFastBERT: Linear, exact GELU, Linear; no biases."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.dense_in = _linear(cfg, cfg.hidden, cfg.ff_width, rngs)
+        self.dense_out = _linear(cfg, cfg.ff_width, cfg.hidden, rngs)
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        """[B, S, H] -> [B, S, H]."""
+        return self.dense_out(fff.gelu(self.dense_in(h)))
+
+
+class FastFeedForward(nnx.Module):
+    """The FFF feedforward: K trees of depth D; see ufbert_jax.fff for the math.
+
+    Parameters in the tree-major heap layout: w_in, w_out [K, N, H], b_in [K, N] (no output bias).
+    """
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.impl = cfg.fff_impl
+        self.dtype = cfg.compute_dtype
+        shape = (cfg.fff_trees, cfg.fff_nodes, cfg.hidden)
+        self.w_in = nnx.Param(_normal(rngs.params(), shape, jnp.float32))
+        self.b_in = nnx.Param(jnp.zeros(shape[:2], jnp.float32))
+        self.w_out = nnx.Param(_normal(rngs.params(), shape, jnp.float32))
+
+    def __call__(self, h: jax.Array) -> jax.Array:
+        """[B, S, H] -> [B, S, H]."""
+        return fff.apply(
+            h.astype(self.dtype),
+            self.w_in[...].astype(self.dtype),
+            self.b_in[...],
+            self.w_out[...].astype(self.dtype),
+            impl=self.impl,
+        )
+
+
+class Block(nnx.Module):
+    """Pre-norm transformer layer: h + drop(attn(LN1 h)), then h + drop(ffn(LN2 h))."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.norm1 = _layer_norm(cfg, rngs)
+        self.attn = SelfAttention(cfg, rngs)
+        self.norm2 = _layer_norm(cfg, rngs)
+        feedforward = FastFeedForward if cfg.feedforward == "fff" else DenseFeedForward
+        self.ffn = feedforward(cfg, rngs)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+    def __call__(self, h: jax.Array, key_bias: jax.Array | None) -> jax.Array:
+        """h [B, S, H] -> [B, S, H]."""
+        h = h + self.dropout(self.attn(self.norm1(h), key_bias))
+        return h + self.dropout(self.ffn(self.norm2(h)))
+
+
+class Encoder(nnx.Module):
+    """Embedding, the stack of blocks, final LayerNorm."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embedding = Embedding(cfg, rngs)
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.layers)])
+        self.final_norm = _layer_norm(cfg, rngs)
+
+    def __call__(self, token_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """token_ids [B, S]; attention_mask [B, S] (1 keep, 0 pad) or None -> hidden states [B, S, H]."""
+        if token_ids.ndim != 2:
+            raise ValueError(f"token_ids must be [B, S]; got shape {tuple(token_ids.shape)}")
+        key_bias = None
+        if attention_mask is not None:
+            if attention_mask.shape != token_ids.shape:
+                raise ValueError(
+                    f"attention_mask shape {tuple(attention_mask.shape)} != token_ids shape "
+                    f"{tuple(token_ids.shape)}"
+                )
+            key_bias = (1.0 - attention_mask.astype(jnp.float32)) * MASK_PENALTY  # [B, S]
+        h = self.embedding(token_ids)
+        for layer in self.layers:
+            h = layer(h, key_bias)
+        return self.final_norm(h)
+
+
+class MaskedLM(nnx.Module):
+    """Encoder + MLM decoder tied to the word embedding, without bias and without a head transform."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, rngs)
+
+    def decode(self, hidden: jax.Array) -> jax.Array:
+        """[..., H] -> [..., V] float32 logits (apply to the masked positions only for sparse prediction)."""
+        word = self.encoder.embedding.word.embedding[...].astype(self.cfg.compute_dtype)  # [V, H]
+        return jnp.einsum("...h,vh->...v", hidden, word, preferred_element_type=jnp.float32)
+
+    def __call__(self, token_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """token_ids [B, S] -> logits [B, S, V]."""
+        return self.decode(self.encoder(token_ids, attention_mask))
+
+
+class SequenceClassifier(nnx.Module):
+    """GLUE head: first token -> Linear(H, 1024) -> tanh -> dropout -> Linear(1024, C). C=1 regresses."""
+
+    def __init__(self, cfg: ModelConfig, num_labels: int, rngs: nnx.Rngs):
+        if num_labels < 1:
+            raise ValueError(f"num_labels={num_labels} must be >= 1")
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, rngs)
+        self.pooler = _linear(cfg, cfg.hidden, CLASSIFIER_WIDTH, rngs, bias=True)
+        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.head = _linear(cfg, CLASSIFIER_WIDTH, num_labels, rngs, bias=True)
+
+    def __call__(self, token_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """token_ids [B, S] -> [B, C] float32 logits (or [B, 1] regression scores)."""
+        first = self.encoder(token_ids, attention_mask)[:, 0]  # [B, H]
+        pooled = self.dropout(jnp.tanh(self.pooler(first)))
+        return self.head(pooled).astype(jnp.float32)
+
+
+def count_params(module: nnx.Module) -> int:
+    """Number of parameter scalars (the tied decoder counted once, as it is one array)."""
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(module, nnx.Param)))
