@@ -26,6 +26,7 @@ weights' dtype before the output product, which accumulates in float32; the resu
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -167,11 +168,29 @@ def paths(x: jax.Array, w_in: jax.Array, b_in: jax.Array) -> jax.Array:
 
 
 def _pallas_impl() -> Impl:
-    raise NotImplementedError("impl='pallas' is not built yet (issue 5)")
+    from ufbert_jax.kernels import fff_pallas
+
+    return fff_pallas.fff_pallas
 
 
 def _cpu_impl() -> Impl:
-    raise NotImplementedError("impl='cpu' is not built yet (issue 6)")
+    from ufbert_jax.kernels import fff_cpu
+
+    return fff_cpu.fff_cpu
+
+
+def _cpu_or_conditional() -> Impl:
+    """The CPU custom call where it can be built here, else the pure-JAX conditional form, with a warning."""
+    from ufbert_jax.kernels import fff_cpu
+
+    if fff_cpu.is_available():
+        return fff_cpu.fff_cpu
+    warnings.warn(
+        f"FFF impl 'auto' falls back to 'conditional' on CPU: {fff_cpu.unavailable_reason()}",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return conditional
 
 
 def _fastest_inference(platform: str) -> Impl:
@@ -179,7 +198,7 @@ def _fastest_inference(platform: str) -> Impl:
     if platform == "gpu":
         return _pallas_impl()
     if platform == "cpu":
-        return conditional
+        return _cpu_or_conditional()
     return masked
 
 
