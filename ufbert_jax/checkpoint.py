@@ -1,0 +1,94 @@
+"""The workdir format shared by train.py, eval_glue.py and the checkpoint converter.
+
+    workdir/
+      model.json        {"format": FORMAT, "model": ModelConfig fields}
+      tokenizer.json    the Hugging Face `tokenizers` file (special-token ids are read from it)
+      checkpoints/<step>/   orbax steps with the items
+                          "params": nnx.state(MaskedLM, nnx.Param) as a pure dict (always present)
+                          "train":  optimizer state and anything else the trainer needs to resume (optional:
+                                    absent in converted checkpoints, which then start a fresh optimizer)
+                          "meta":   JSON (step, data position, rng seed, ...), optional
+
+Orbax writes each step to a temporary directory and renames it when complete, so a crash (even SIGKILL)
+never leaves a half-written step that restore would pick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ufbert_jax.config import ModelConfig
+from ufbert_jax.model import MaskedLM
+
+FORMAT = "ufbert-jax/1"
+CONFIG_FILE = "model.json"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
+    path = Path(workdir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n")
+
+
+def load_config(workdir: str | Path) -> ModelConfig:
+    path = Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {workdir} is not a ufbert-jax workdir")
+    data = json.loads(path.read_text())
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+    return ModelConfig(**data["model"])
+
+
+def tokenizer_path(workdir: str | Path) -> Path:
+    return Path(workdir) / TOKENIZER_FILE
+
+
+def manager(workdir: str | Path, **options) -> ocp.CheckpointManager:
+    """The CheckpointManager of a workdir; `options` go to ocp.CheckpointManagerOptions."""
+    directory = (Path(workdir) / CHECKPOINT_DIR).absolute()
+    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(**options))
+
+
+def params_of(model: nnx.Module) -> dict:
+    """The model's parameters as a pure nested dict (what the "params" item stores)."""
+    return nnx.to_pure_dict(nnx.state(model, nnx.Param))
+
+
+def save_params(workdir: str | Path, step: int, model: MaskedLM) -> None:
+    """Writes a params-only checkpoint step (used by the converter; the trainer saves more items)."""
+    with manager(workdir) as mngr:
+        mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params_of(model))))
+        mngr.wait_until_finished()
+
+
+def restore_params(workdir: str | Path, model: nnx.Module, step: int | None = None) -> int:
+    """Restores the encoder weights of `step` (default: the latest) into `model` in place; returns the step.
+
+    `model` is a MaskedLM (whose parameters are exactly its encoder's: the decoder is tied) or a
+    SequenceClassifier, which keeps its freshly initialised pooler and head.
+    """
+    with manager(workdir) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint steps under {Path(workdir) / CHECKPOINT_DIR}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"encoder": params_of(model.encoder)})
+        restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+    nnx.update(model.encoder, restored["params"]["encoder"])
+    return step
+
+
+def load_pretrained(workdir: str | Path, step: int | None = None, **config_overrides) -> MaskedLM:
+    """The MaskedLM of a workdir (config from model.json, weights from the latest or given step)."""
+    cfg = load_config(workdir).replace(**config_overrides)
+    model = MaskedLM(cfg, nnx.Rngs(0))
+    restore_params(workdir, model, step)
+    return model

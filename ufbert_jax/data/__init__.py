@@ -1,0 +1,1 @@
+"""Data: tokenizer, corpus -> packed token shards, MLM masking, loaders."""
