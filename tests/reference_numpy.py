@@ -20,18 +20,19 @@ def gelu(z: np.ndarray) -> np.ndarray:
     return 0.5 * z * (1.0 + _ERF(z / math.sqrt(2.0)))
 
 
-def fff_forward(x, linear_in_weight, linear_in_bias, linear_out_weight, trees):
+def fff_forward(x, linear_in_weight, linear_in_bias, linear_out_weight, trees, margins=None):
     """FFF layer token by token, walking each tree with an explicit loop.
 
     x [T, H]; linear_in_weight [K*N, H]; linear_in_bias [K*N]; linear_out_weight [H, K*N] -> ([T, H],
-    visited node ids [T, K, D+1]).
+    visited node ids [T, K, D+1]). margins: an optional list that receives |logit| of every routing
+    decision, so a test can tell when float32 rounding could flip a branch.
     """
     x = np.asarray(x, np.float64)
     w_in = np.asarray(linear_in_weight, np.float64)
     b_in = np.asarray(linear_in_bias, np.float64)
     w_out = np.asarray(linear_out_weight, np.float64)
     nodes = w_in.shape[0] // trees
-    depth = int(round(math.log2(nodes + 1))) - 1
+    depth = round(math.log2(nodes + 1)) - 1
     out = np.zeros_like(x)
     visited = np.zeros((x.shape[0], trees, depth + 1), np.int64)
     for t in range(x.shape[0]):
@@ -42,6 +43,8 @@ def fff_forward(x, linear_in_weight, linear_in_bias, linear_out_weight, trees):
                 logit = x[t] @ w_in[row] + b_in[row]
                 out[t] += gelu(logit) * w_out[:, row]
                 visited[t, k, level] = node
+                if margins is not None and level < depth:
+                    margins.append(abs(logit))
                 node = 2 * node + 2 if logit > 0 else 2 * node + 1
     return out, visited
 
@@ -68,11 +71,12 @@ def _softmax(s):
     return e / e.sum(-1, keepdims=True)
 
 
-def encoder_forward(sd, token_ids, attention_mask, *, layers, heads, trees=None, eps=1e-12):
+def encoder_forward(sd, token_ids, attention_mask, *, layers, heads, trees=None, eps=1e-12, margins=None):
     """Final hidden states [B, S, H] of the original crammed BERT encoder (pre-norm, no dropout).
 
     sd: original state dict (numpy arrays). token_ids [B, S]; attention_mask [B, S] (1 keep) or None.
     trees: K for an FFF feedforward (keys ffn.linear_in/linear_out); None for the dense one (dense_in/out).
+    margins: optional list collecting |logit| of every FFF routing decision (see fff_forward).
     """
     g = {k: np.asarray(v, np.float64) for k, v in sd.items()}
     p = "encoder."
@@ -105,6 +109,7 @@ def encoder_forward(sd, token_ids, attention_mask, *, layers, heads, trees=None,
                 g[q + "ffn.linear_in.bias"],
                 g[q + "ffn.linear_out.weight"],
                 trees,
+                margins,
             )
             ff = flat.reshape(batch, seq_len, hidden)
         h = h + ff

@@ -16,7 +16,7 @@ def randomise(module: nnx.Module, rng: np.random.Generator) -> None:
     """Every parameter (biases, norms and the positional scale included) to fresh non-trivial values."""
     for _, var in nnx.iter_graph(module):
         if isinstance(var, nnx.Param):
-            scale = 0.3 if var.ndim < 2 else 1.0 / np.sqrt(var.shape[-1] if var.ndim == 2 else var.shape[-1])
+            scale = 0.3 if var.ndim < 2 else 1.0 / np.sqrt(var.shape[-1])
             value = rng.standard_normal(var.shape) * scale
             if var.ndim <= 1:
                 value = value + 1.0  # norm scales near 1, positional scale away from 0
@@ -78,7 +78,11 @@ def test_classifier_matches_float64_original_and_padding_is_ignored(rng):
 
 @pytest.mark.parametrize(
     "name,expected",
-    [("ultrafastbert-1x11", 163_671_025), ("crammedbert-3072", 138_464_257), ("crammedbert-4095", 163_605_505)],
+    [
+        ("ultrafastbert-1x11", 163_671_025),
+        ("crammedbert-3072", 138_464_257),
+        ("crammedbert-4095", 163_605_505),
+    ],
 )
 def test_parameter_counts_match_the_paper(name, expected):
     mlm = nnx.eval_shape(lambda: model.MaskedLM(config.preset(name), nnx.Rngs(0)))
@@ -89,8 +93,20 @@ def test_parameter_counts_match_the_paper(name, expected):
 def test_every_paper_preset_resolves(name):
     cfg = config.preset(name)
     if cfg.feedforward == "fff":
-        assert cfg.fff_trees * (2 ** (cfg.fff_depth + 1) - 1) in (4095, 3072, 4608, 3584, 3840, 3968, 4032, 4064,
-                                                                   4080, 4088, 4092, 4094)
+        assert cfg.fff_trees * (2 ** (cfg.fff_depth + 1) - 1) in (
+            4095,
+            3072,
+            4608,
+            3584,
+            3840,
+            3968,
+            4032,
+            4064,
+            4080,
+            4088,
+            4092,
+            4094,
+        )
     assert (cfg.hidden, cfg.layers, cfg.heads, cfg.vocab_size, cfg.max_len) == (768, 16, 12, 32768, 128)
 
 

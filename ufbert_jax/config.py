@@ -119,6 +119,5 @@ def preset(name: str, **overrides) -> ModelConfig:
         trees, depth = int(match[1]), int(match[2])
         return ModelConfig(**{"fff_trees": trees, "fff_depth": depth, **overrides})
     raise ValueError(
-        f"unknown preset {name!r}; expected one of {PAPER_PRESETS + tuple(TINY_PRESETS)} "
-        "or ultrafastbert-KxD"
+        f"unknown preset {name!r}; expected one of {PAPER_PRESETS + tuple(TINY_PRESETS)} or ultrafastbert-KxD"
     )

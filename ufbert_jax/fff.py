@@ -246,9 +246,7 @@ def resolve_impl(impl: str, platform: str | None = None) -> Impl:
     raise ValueError(f"unknown FFF impl {impl!r}; expected one of {IMPLS}")
 
 
-def apply(
-    x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, impl: str = "auto"
-) -> jax.Array:
+def apply(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, impl: str = "auto") -> jax.Array:
     """The FFF layer: x [..., H]; w_in, w_out [K, N, H]; b_in [K, N] -> y [..., H] (no output bias)."""
     check_shapes(x, w_in, b_in, w_out)
     forward = resolve_impl(impl)

@@ -31,9 +31,7 @@ _normal = nnx.initializers.normal(INIT_STD)
 
 
 def _linear(cfg: ModelConfig, d_in: int, d_out: int, rngs: nnx.Rngs, bias: bool = False) -> nnx.Linear:
-    return nnx.Linear(
-        d_in, d_out, use_bias=bias, kernel_init=_normal, dtype=cfg.compute_dtype, rngs=rngs
-    )
+    return nnx.Linear(d_in, d_out, use_bias=bias, kernel_init=_normal, dtype=cfg.compute_dtype, rngs=rngs)
 
 
 def _layer_norm(cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:

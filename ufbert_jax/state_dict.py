@@ -33,9 +33,7 @@ _TRANSPOSE = _Transform(lambda a: a.T, lambda a, shape: a.T)
 _SCALAR = _Transform(lambda a: a.reshape(1), lambda a, shape: a.reshape(shape))
 _FLATTEN_TREES = _Transform(lambda a: a.reshape(-1, *a.shape[2:]), lambda a, shape: a.reshape(shape))
 # [K, N, H] -> [K*N, H] -> [H, K*N]
-_FLATTEN_TREES_T = _Transform(
-    lambda a: a.reshape(-1, a.shape[-1]).T, lambda a, shape: a.T.reshape(shape)
-)
+_FLATTEN_TREES_T = _Transform(lambda a: a.reshape(-1, a.shape[-1]).T, lambda a, shape: a.T.reshape(shape))
 
 
 def _original_shape(transform: _Transform, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -75,18 +73,25 @@ def _pairs(module: nnx.Module) -> Iterator[tuple[str, nnx.Variable, _Transform]]
         yield "head.bias", module.head.bias, _SAME
 
 
+def _norm_factor_key(layer: int) -> str:
+    return f"encoder.layers.{layer}.attn.self_attention.norm_factor"
+
+
 def _buffers(module: nnx.Module) -> dict[str, np.ndarray]:
     """Non-parameter entries the original stores: per-layer norm_factor and (MLM) the decoder copy."""
     cfg = module.encoder.cfg
-    buffers = {
-        f"encoder.layers.{i}.attn.self_attention.norm_factor": np.asarray(
-            cfg.head_dim**-0.5, np.float32
-        )
-        for i in range(cfg.layers)
-    }
+    buffers = {_norm_factor_key(i): np.asarray(cfg.head_dim**-0.5, np.float32) for i in range(cfg.layers)}
     if isinstance(module, model_lib.MaskedLM):
         buffers["decoder.weight"] = np.asarray(module.encoder.embedding.word.embedding[...])
     return buffers
+
+
+def _buffer_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
+    """The shapes of `_buffers`, without reading values (so abstract modules from nnx.eval_shape work)."""
+    shapes = {_norm_factor_key(i): () for i in range(module.encoder.cfg.layers)}
+    if isinstance(module, model_lib.MaskedLM):
+        shapes["decoder.weight"] = tuple(module.encoder.embedding.word.embedding.shape)
+    return shapes
 
 
 def to_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
@@ -96,9 +101,9 @@ def to_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def expected_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
-    """Original key -> shape, for every entry `to_state_dict` writes."""
+    """Original key -> shape, for every entry `to_state_dict` writes; works on nnx.eval_shape modules too."""
     shapes = {key: _original_shape(t, tuple(var.shape)) for key, var, t in _pairs(module)}
-    return {**shapes, **{key: value.shape for key, value in _buffers(module).items()}}
+    return {**shapes, **_buffer_shapes(module)}
 
 
 class StateDictError(ValueError):
@@ -125,7 +130,7 @@ def check_state_dict(module: nnx.Module, state_dict: dict[str, np.ndarray]) -> N
         problems.append(f"wrong shapes ({len(wrong)}): {'; '.join(wrong)}")
     cfg = module.encoder.cfg
     for i in range(cfg.layers):
-        key = f"encoder.layers.{i}.attn.self_attention.norm_factor"
+        key = _norm_factor_key(i)
         if key in state_dict and not np.isclose(float(np.reshape(state_dict[key], ())), cfg.head_dim**-0.5):
             problems.append(f"{key}={float(np.reshape(state_dict[key], ()))} != head_dim^-0.5")
     if problems:

@@ -7,9 +7,12 @@ file, never assumed (the published checkpoint's order is not ours to guess).
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<cls>", "<sep>", "<mask>")
 
@@ -30,7 +33,9 @@ class SpecialIds:
         ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
         missing = [token for token, i in ids.items() if i is None]
         if missing:
-            raise ValueError(f"tokenizer lacks the special tokens {missing}; expected all of {SPECIAL_TOKENS}")
+            raise ValueError(
+                f"tokenizer lacks the special tokens {missing}; expected all of {SPECIAL_TOKENS}"
+            )
         return cls(*(ids[token] for token in SPECIAL_TOKENS))
 
     def all(self) -> frozenset[int]:
@@ -43,3 +48,49 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {path} not found")
     return Tokenizer.from_file(str(path))
+
+
+def _untrained_wordpiece() -> Tokenizer:
+    """The original's pipeline: NFD, lowercase, strip accents, drop what is still non-ASCII; BERT pre-split.
+
+    Stripping accents after NFD keeps "café" as "cafe"; only characters without an ASCII base (CJK, emoji,
+    ...) are removed. No post-processor: the packer inserts <sep> (and a GLUE encoder <cls>) itself.
+    """
+    tokenizer = Tokenizer(models.WordPiece(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence(
+        [
+            normalizers.NFD(),
+            normalizers.Lowercase(),
+            normalizers.StripAccents(),
+            normalizers.Replace(Regex(r"[^\x00-\x7F]"), ""),
+        ]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    return tokenizer
+
+
+def save_atomically(text: str, path: str | Path) -> None:
+    """Writes `text` to `path` via a temporary file in the same folder, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
+        f.write(text)
+    os.replace(f.name, path)
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, out_path: str | Path) -> Tokenizer:
+    """Trains the WordPiece tokenizer on `texts`, writes it to `out_path` (atomically) and returns it.
+
+    `vocab_size` is an upper bound: a small corpus yields fewer tokens. The special tokens come first in the
+    vocabulary, but callers must still read their ids with `SpecialIds.of`.
+    """
+    if vocab_size < len(SPECIAL_TOKENS):
+        raise ValueError(f"{vocab_size=} must be >= {len(SPECIAL_TOKENS)} (the special tokens)")
+    tokenizer = _untrained_wordpiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+    )
+    tokenizer.train_from_iterator(texts, trainer=trainer)
+    save_atomically(tokenizer.to_str(), out_path)
+    return tokenizer
