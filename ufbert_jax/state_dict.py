@@ -95,8 +95,15 @@ def _buffer_shapes(module: nnx.Module) -> dict[str, tuple[int, ...]]:
 
 
 def to_state_dict(module: nnx.Module) -> dict[str, np.ndarray]:
-    """The original-format state dict (float32 numpy arrays) of a MaskedLM or SequenceClassifier."""
-    state = {key: transform.to_original(np.asarray(var[...])) for key, var, transform in _pairs(module)}
+    """The original-format state dict (C-contiguous float32 numpy arrays) of a MaskedLM or SequenceClassifier.
+
+    C-contiguous because safetensors.numpy.save_file writes an array's memory as is: a transposed view would
+    be saved transposed, silently.
+    """
+    state = {
+        key: np.ascontiguousarray(transform.to_original(np.asarray(var[...])))
+        for key, var, transform in _pairs(module)
+    }
     return {**state, **_buffers(module)}
 
 
