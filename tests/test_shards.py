@@ -1,0 +1,167 @@
+"""Packing into token shards: exact rows, <sep> between documents, manifest, reuse and mismatch errors."""
+
+import hashlib
+import json
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ufbert_jax.data.shards import TokenShards, prepare_shards, token_dtype
+from ufbert_jax.data.tokenizer import SpecialIds, load_tokenizer, train_wordpiece
+
+WORDS = (
+    "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
+)
+SEQ = 16
+
+
+def write_corpus(folder: Path, rng: np.random.Generator, num_docs: int = 40) -> list[str]:
+    """Plain-text documents of random lengths (some longer than a row), blank-line separated."""
+    docs = [" ".join(rng.choice(WORDS, size=rng.integers(1, 40))) + "." for _ in range(num_docs)]
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "part_a.txt").write_text("\n\n".join(docs[: num_docs // 2]))
+    (folder / "part_b.txt").write_text("\n\n".join(docs[num_docs // 2 :]))
+    return docs
+
+
+@pytest.fixture
+def prepared(tmp_path, rng):
+    docs = write_corpus(tmp_path / "corpus", rng)
+    out = prepare_shards(
+        [str(tmp_path / "corpus")], tmp_path / "shards", tmp_path / "tok.json", seq_len=SEQ, vocab_size=200,
+        shard_size=7, num_workers=1,
+    )  # fmt: skip
+    return tmp_path, docs, out
+
+
+def expected_stream(tokenizer_path: Path, docs: list[str]) -> np.ndarray:
+    """Independent packing: every document's ids, then <sep>, concatenated."""
+    tokenizer = load_tokenizer(tokenizer_path)
+    sep = tokenizer.token_to_id("<sep>")
+    return np.array([i for doc in docs for i in [*tokenizer.encode(doc, add_special_tokens=False).ids, sep]])
+
+
+def test_rows_are_the_packed_stream(prepared):
+    tmp_path, docs, out = prepared
+    shards = TokenShards(out)
+    stream = expected_stream(tmp_path / "tok.json", docs)
+    assert len(shards) == len(stream) // SEQ
+    rows = np.stack([shards[i] for i in range(len(shards))])
+    assert rows.shape == (len(stream) // SEQ, SEQ) and rows.dtype == np.int32
+    np.testing.assert_array_equal(rows.ravel(), stream[: rows.size])
+    sep = load_tokenizer(tmp_path / "tok.json").token_to_id("<sep>")
+    assert (rows == sep).sum() == (stream[: rows.size] == sep).sum() >= len(docs) - 2
+
+
+def test_shard_files_and_manifest(prepared):
+    tmp_path, docs, out = prepared
+    manifest = json.loads((out / "manifest.json").read_text())
+    rows = len(expected_stream(tmp_path / "tok.json", docs)) // SEQ
+    assert [s["rows"] for s in manifest["shards"]] == [7] * (rows // 7) + ([rows % 7] if rows % 7 else [])
+    for shard in manifest["shards"]:
+        array = np.load(out / shard["file"])
+        assert array.dtype == np.uint16 and array.shape == (shard["rows"], SEQ)
+    assert manifest["seq_len"] == SEQ and manifest["rows"] == rows
+    assert manifest["tokenizer_sha256"] == hashlib.sha256((tmp_path / "tok.json").read_bytes()).hexdigest()
+    assert manifest["vocab_size"] == load_tokenizer(tmp_path / "tok.json").get_vocab_size() <= 200
+    assert manifest["sources"] == [str(tmp_path / "corpus")]
+    assert (out / "tokenizer.json").read_bytes() == (tmp_path / "tok.json").read_bytes()
+
+
+def test_rerun_reuses(prepared):
+    tmp_path, _, out = prepared
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    for file in (tmp_path / "corpus").iterdir():  # reuse must not even read the corpus
+        file.unlink()
+    again = prepare_shards(
+        [str(tmp_path / "corpus")], out, tmp_path / "tok.json", seq_len=SEQ, shard_size=7, num_workers=1
+    )
+    assert again == out and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+
+
+def test_mismatches_name_both_values(prepared, tmp_path):
+    _, _, out = prepared
+    corpus = [str(tmp_path / "corpus")]
+    with pytest.raises(ValueError, match=rf"seq_len={SEQ}.*seq_len=32"):
+        prepare_shards(corpus, out, tmp_path / "tok.json", seq_len=32, num_workers=1)
+    other = tmp_path / "other_tok.json"
+    train_wordpiece(["completely different text here"] * 5, 100, other)
+    old, new = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (tmp_path / "tok.json", other))
+    with pytest.raises(ValueError, match=rf"tokenizer_sha256='{old}'.*tokenizer_sha256='{new}'"):
+        prepare_shards(corpus, out, other, seq_len=SEQ, num_workers=1)
+    with pytest.raises(ValueError, match=r"sources=.*corpus'\].*sources=.*elsewhere'\]"):
+        prepare_shards([str(tmp_path / "elsewhere")], out, tmp_path / "tok.json", seq_len=SEQ, num_workers=1)
+
+
+def test_interrupted_run_is_redone(prepared, tmp_path):
+    _, _, out = prepared
+    reference = [TokenShards(out)[i] for i in range(len(TokenShards(out)))]
+    (out / "manifest.json").unlink()
+    (out / "shard_00099.npy").write_bytes(b"stale")
+    (out / ".shard_00001.npy.tmp123").write_bytes(b"half written")
+    prepare_shards(
+        [str(tmp_path / "corpus")], out, tmp_path / "tok.json", seq_len=SEQ, shard_size=7, num_workers=1
+    )
+    assert not (out / "shard_00099.npy").exists() and not (out / ".shard_00001.npy.tmp123").exists()
+    again = TokenShards(out)
+    np.testing.assert_array_equal(np.stack([again[i] for i in range(len(again))]), np.stack(reference))
+
+
+def test_token_shards_random_access(prepared):
+    _, _, out = prepared
+    shards = TokenShards(out)
+    everything = np.concatenate([np.load(p) for p in sorted(out.glob("shard_*.npy"))])
+    for i in (0, 6, 7, len(shards) - 1):
+        np.testing.assert_array_equal(shards[i], everything[i])
+    with pytest.raises(IndexError, match=f"row {len(shards)} out of range"):
+        shards[len(shards)]
+    clone = pickle.loads(pickle.dumps(shards))
+    np.testing.assert_array_equal(clone[3], everything[3])
+    assert len(pickle.dumps(shards)) < 1000  # the folder travels, not the rows
+    assert (
+        SpecialIds.of(load_tokenizer(shards.tokenizer_path)).sep
+        == json.loads((out / "manifest.json").read_text())["separator_id"]
+    )
+
+
+def test_too_little_text_for_a_row(tmp_path):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "short.txt").write_text("just a few words")
+    train_wordpiece(["just a few words"], 50, tmp_path / "tok.json")
+    with pytest.raises(ValueError, match="fewer than seq_len=128 tokens"):
+        prepare_shards([str(tmp_path / "c")], tmp_path / "out", tmp_path / "tok.json", num_workers=1)
+
+
+def test_missing_shard_dir_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        TokenShards(tmp_path / "nowhere")
+
+
+def test_token_dtype():
+    assert token_dtype(32768) == np.uint16 and token_dtype(2**16) == np.uint16
+    assert token_dtype(2**16 + 1) == np.int32
+
+
+@pytest.mark.slow
+def test_parallel_tokenizing_gives_the_same_shards(prepared):
+    tmp_path, _, out = prepared
+    parallel = prepare_shards(
+        [str(tmp_path / "corpus")], tmp_path / "parallel", tmp_path / "tok.json", seq_len=SEQ, shard_size=7,
+        num_workers=2,
+    )  # fmt: skip
+    for name in json.loads((out / "manifest.json").read_text())["shards"]:
+        assert (parallel / name["file"]).read_bytes() == (out / name["file"]).read_bytes()
+
+
+@pytest.mark.slow
+def test_sample_corpus_end_to_end(tmp_path):
+    out = prepare_shards(
+        [str(Path(__file__).parents[1] / "data" / "sample")], tmp_path / "shards", tmp_path / "tok.json",
+        vocab_size=8192, num_workers=1,
+    )  # fmt: skip
+    shards = TokenShards(out)
+    assert len(shards) > 3000 and shards.seq_len == 128 and shards.vocab_size == 8192
+    text = load_tokenizer(tmp_path / "tok.json").decode(shards[0].tolist())
+    assert "emma" in text and "gutenberg" not in text
