@@ -1,0 +1,247 @@
+"""GPU part of the FFF layer benchmark: the Pallas kernel vs XLA's dense feedforward and the pure-JAX forms.
+
+UltraFastBERT-1x11 shapes (H=768, one tree of depth 11: 4095 nodes, 12 visited per token) against dense
+FFs 768->3072->768 (crammedBERT's) and 768->4095->768 (same width as the tree), bf16 and fp32.
+
+Timing: each op runs many times inside one jitted ``lax.fori_loop``; every call's output feeds the next
+call's (tiny) bias through an optimization barrier, so calls cannot overlap or be skipped, and the loop
+rotates between 4 input sets so x does not sit in the 60 MB L2. A loop turn (16 calls) pays one host-side
+predicate check of XLA's while loop, a few microseconds, so small-T times are upper bounds. Reported:
+median over repeats of the time per call, the minimum bytes (x read, y written, weights read once) over
+that time, and the ratio to the measured device copy bandwidth.
+
+Run on the GPU machine from the repository root (benchmarks/gpu_env.sh sets up the imports):
+    source benchmarks/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from ufbert_jax.kernels import fff_pallas
+
+from ufbert_jax import fff
+
+HIDDEN, DEPTH = 768, 11
+TOKENS = (1, 128, 2048, 16384, 65536)
+ROTATE = 4  # input sets: 4 x 25 MB of x at 16384 tokens bf16 exceeds the 60 MB L2
+CALLS_PER_TURN = 16  # calls per loop turn, cycling the input sets: amortises the turn's predicate sync
+TARGET_S = 0.05  # wall time of one timed loop
+
+
+def dense_ff(x, b1, w1, w2):
+    """XLA's dense FF: gelu(x w1 + b1) w2; x [T, H], w1 [H, W], b1 [W], w2 [W, H]."""
+    hidden = jnp.dot(x, w1, preferred_element_type=jnp.float32) + b1
+    return jnp.dot(fff.gelu(hidden).astype(x.dtype), w2, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
+def fff_op(impl):
+    """An FFF implementation with the small float32 operand (b_in) first: f(x, b_in, w_in, w_out)."""
+    return lambda x, b_in, w_in, w_out: impl(x, w_in, b_in, w_out)
+
+
+def operands(rng, tokens, dtype, width=None):
+    """ROTATE inputs x [T, H] and parameters: (b_in [K, N], w_in, w_out [K, N, H]) or dense (b1, w1, w2)."""
+    xs = [jnp.asarray(rng.standard_normal((tokens, HIDDEN)), dtype) for _ in range(ROTATE)]
+    if width is None:
+        nodes = 2 ** (DEPTH + 1) - 1
+        w_in = jnp.asarray(rng.standard_normal((1, nodes, HIDDEN)) / np.sqrt(HIDDEN), dtype)
+        b_in = jnp.asarray(0.1 * rng.standard_normal((1, nodes)), jnp.float32)
+        w_out = jnp.asarray(0.02 * rng.standard_normal((1, nodes, HIDDEN)), dtype)
+        return xs, (b_in, w_in, w_out)
+    w1 = jnp.asarray(rng.standard_normal((HIDDEN, width)) / np.sqrt(HIDDEN), dtype)
+    w2 = jnp.asarray(0.02 * rng.standard_normal((width, HIDDEN)), dtype)
+    return xs, (jnp.zeros((width,), jnp.float32), w1, w2)
+
+
+def timed_loop(op):
+    """jit(fn(xs, small, rest, n)): n turns of chained calls of op; returns the final small operand."""
+
+    def run(xs, small, rest, n):
+        def turn(_, small):
+            for call in range(CALLS_PER_TURN):
+                y = lax.optimization_barrier(op(xs[call % ROTATE], small, *rest))  # [T, H], kept whole
+                small = small + 0.0 * y[0, 0].astype(jnp.float32)
+            return small
+
+        return lax.fori_loop(0, n, turn, small)
+
+    return jax.jit(run)
+
+
+def seconds_per_call(op, xs, params, repeats=5):
+    """Median seconds per call of op(x, *params), synchronised on the device, host overhead amortised."""
+    loop = timed_loop(op)
+    small, rest = params[0], params[1:]
+    loop(xs, small, rest, 1).block_until_ready()  # compile and warm up
+    start = time.perf_counter()
+    loop(xs, small, rest, 1).block_until_ready()
+    turns = int(np.clip(TARGET_S / (time.perf_counter() - start), 1, 500))
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loop(xs, small, rest, turns).block_until_ready()
+        samples.append((time.perf_counter() - start) / (turns * CALLS_PER_TURN))
+    return statistics.median(samples)
+
+
+def copy_bandwidth(dtype=jnp.bfloat16, elements=2**29):
+    """Device copy bandwidth in bytes/s: a scaled copy of a 1 GiB array, bytes read plus bytes written."""
+    a = jnp.ones((elements,), dtype)
+    loop = jax.jit(lambda a, n: lax.fori_loop(0, n, lambda _, v: v * jnp.asarray(1.0, dtype), a))
+    loop(a, 1).block_until_ready()
+    samples = []
+    for _ in range(5):
+        start = time.perf_counter()
+        loop(a, 20).block_until_ready()
+        samples.append((time.perf_counter() - start) / 20)
+    return 2 * a.nbytes / statistics.median(samples)
+
+
+def min_bytes(xs, params):
+    """Each input read once, the output written once: x, y and all parameters."""
+    return 2 * xs[0].nbytes + sum(p.nbytes for p in params)
+
+
+def relative_error(got, want):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.linalg.norm(got - want) / np.linalg.norm(want))
+
+
+def variants():
+    """Kernel variants for the sweep at 16384 tokens bf16: (name, BlockSizes)."""
+    sizes = fff_pallas.BlockSizes
+    return [
+        ("gather TB16 w4", sizes()),
+        ("gather TB16 w2", sizes(num_warps=2)),
+        ("gather TB16 w8", sizes(num_warps=8)),
+        ("gather TB32 w4 reload-x", sizes(block_tokens=32, hold_x=False)),
+        ("gather TB32 w8 reload-x", sizes(block_tokens=32, hold_x=False, num_warps=8)),
+    ]
+
+
+def sweep(rng, log):
+    """Times kernel variants and the sort pre-pass at 16384 tokens bf16; returns the fastest BlockSizes."""
+    xs, params = operands(rng, 16384, jnp.bfloat16)
+    b_in, w_in, w_out = params
+    with jax.default_matmul_precision("highest"):
+        want = fff.conditional(xs[0], w_in, b_in, w_out)
+    best = None
+    for name, sizes in variants():
+
+        def impl(x, w_in, b_in, w_out, s=sizes):
+            return fff_pallas.fff_pallas(x, w_in, b_in, w_out, sizes=s)
+
+        err = relative_error(impl(xs[0], w_in, b_in, w_out), want)
+        seconds = seconds_per_call(fff_op(impl), xs, params)
+        log.write(
+            json.dumps({"variant": name, "sizes": repr(sizes), "us": seconds * 1e6, "rel_err": err}) + "\n"
+        )
+        print(f"  {name:32s} {seconds * 1e6:8.1f} us  rel err {err:.1e}", flush=True)
+        best = min(best or (seconds, name, sizes), (seconds, name, sizes), key=lambda r: r[0])
+    prepass = fff_pallas.BlockSizes(sort_levels=7, sort_min_tokens=0)
+
+    def order(x, b_in, w_in, w_out):
+        return fff_pallas._token_order(x, w_in, b_in, DEPTH, 16, prepass)[:, None].astype(x.dtype)
+
+    print(f"  {'sort pre-pass alone':32s} {seconds_per_call(order, xs, params) * 1e6:8.1f} us", flush=True)
+    print(f"fastest: {best[1]} {best[2]}", flush=True)
+    return best[2]
+
+
+def layer_table(rng, tokens_list, dtypes, sizes, log):
+    """Times every implementation at every token count and dtype: list of result dicts."""
+    impls = {
+        "dense3072": (3072, dense_ff),
+        "dense4095": (4095, dense_ff),
+        "conditional": (None, fff_op(fff.conditional)),
+        "pallas": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=sizes))),
+    }
+    results = []
+    for dtype in dtypes:
+        for tokens in tokens_list:
+            for name, (width, op) in impls.items():
+                xs, params = operands(rng, tokens, dtype, width)
+                seconds = seconds_per_call(op, xs, params)
+                row = {
+                    "dtype": jnp.dtype(dtype).name,
+                    "tokens": tokens,
+                    "impl": name,
+                    "us": seconds * 1e6,
+                    "bytes_per_s": min_bytes(xs, params) / seconds,
+                }
+                results.append(row)
+                log.write(json.dumps(row) + "\n")
+                print(f"  {row['dtype']:8s} {tokens:6d} {name:12s} {seconds * 1e6:10.1f} us", flush=True)
+    return results
+
+
+def plot(results, path):
+    """Speedup over dense3072 vs tokens, one line per (implementation, dtype)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    base = {(r["dtype"], r["tokens"]): r["us"] for r in results if r["impl"] == "dense3072"}
+    for dtype in sorted({r["dtype"] for r in results}):
+        for impl in ("pallas", "conditional", "dense4095"):
+            points = sorted((r["tokens"], base[dtype, r["tokens"]] / r["us"]) for r in results
+                            if r["impl"] == impl and r["dtype"] == dtype)  # fmt: skip
+            ax.plot(*zip(*points, strict=True), marker="o", label=f"{impl} {dtype}")
+    ax.axhline(10, color="gray", linestyle="--", label="10x target")
+    ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="speedup over XLA dense FF 768-3072-768")
+    ax.set_title("UltraFastBERT-1x11 FFF layer on an H200")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def print_table(results, bandwidth):
+    base = {(r["dtype"], r["tokens"]): r["us"] for r in results if r["impl"] == "dense3072"}
+    print(f"\ncopy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
+    print(f"{'dtype':8s} {'tokens':>6s} {'impl':12s} {'us':>10s} {'vs 3072':>8s} {'TB/s':>6s} of copy")
+    for r in results:
+        speedup = base[r["dtype"], r["tokens"]] / r["us"]
+        print(f"{r['dtype']:8s} {r['tokens']:6d} {r['impl']:12s} {r['us']:10.1f} {speedup:7.2f}x "
+              f"{r['bytes_per_s'] / 1e12:6.2f} {r['bytes_per_s'] / bandwidth:7.0%}")  # fmt: skip
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--out", default=os.environ.get("OUT", "benchmark_out"), help="log and plot folder")
+    parser.add_argument("--tokens", type=int, nargs="+", default=list(TOKENS))
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--sweep", action="store_true", help="time kernel variants first; table the fastest")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if jax.default_backend() != "gpu":
+        raise SystemExit(f"needs a GPU; jax sees {jax.devices()}")
+    os.makedirs(args.out, exist_ok=True)
+    rng = np.random.default_rng(args.seed)
+    print(f"{jax.devices()[0].device_kind}, jax {jax.__version__}", flush=True)
+    bandwidth = copy_bandwidth()
+    with open(os.path.join(args.out, "fff_layer_gpu.jsonl"), "w", buffering=1) as log:  # line-buffered
+        log.write(json.dumps({"copy_bytes_per_s": bandwidth}) + "\n")
+        sizes = sweep(rng, log) if args.sweep else fff_pallas.BlockSizes()
+        results = layer_table(rng, args.tokens, [jnp.dtype(d) for d in args.dtypes], sizes, log)
+    plot(results, os.path.join(args.out, "fff_layer_gpu.png"))
+    print_table(results, bandwidth)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
