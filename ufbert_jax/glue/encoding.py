@@ -1,0 +1,135 @@
+"""GLUE text -> token ids in the pretraining layout, and length-bucketed, padded batches.
+
+Shape legend: B batch, S padded sequence length (one of the bucket lengths).
+
+Layout (ULTRAFASTBERT_FACTS section 3, the cramming tokenizer's post-processor): a single sentence is
+"A <sep>", a pair "<cls> A <sep> B <sep>"; special-token ids are read from the tokenizer file. Text beyond
+`max_len` is truncated before the special tokens are added: a single sentence from its end, a pair
+longest-first (the longer side loses a token at a time, the second on ties), as Hugging Face tokenizers do.
+
+Bucketing: each example is padded to the smallest bucket length that holds it (e.g. 32, 64 or 128) and every
+batch is padded to exactly B rows (padding rows have weight 0), so a jitted step sees at most one shape per
+bucket instead of one per batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from ufbert_jax.data.tokenizer import SpecialIds
+
+
+def longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Kept lengths of a pair truncated longest-first to `budget` tokens (ties trim the second text)."""
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    if len_a <= budget // 2:
+        return len_a, budget - len_a
+    if len_b <= budget // 2:
+        return budget - len_b, len_b
+    return (budget + 1) // 2, budget // 2
+
+
+def encode(tokenizer: Tokenizer, texts: tuple[list[str], ...], max_len: int) -> list[np.ndarray]:
+    """Token ids [<= max_len] int32 per example: "A <sep>" for one text, "<cls> A <sep> B <sep>" for two."""
+    if len(texts) not in (1, 2):
+        raise ValueError(f"expected 1 or 2 text columns, got {len(texts)}")
+    special = SpecialIds.of(tokenizer)
+    columns = [
+        [encoding.ids for encoding in tokenizer.encode_batch(column, add_special_tokens=False)]
+        for column in texts
+    ]
+    if len(texts) == 1:
+        if max_len < 2:
+            raise ValueError(f"{max_len=} must be >= 2 for '<A> <sep>'")
+        return [np.asarray([*ids[: max_len - 1], special.sep], np.int32) for ids in columns[0]]
+    if max_len < 3:
+        raise ValueError(f"{max_len=} must be >= 3 for '<cls> A <sep> B <sep>'")
+    encoded = []
+    for a, b in zip(*columns, strict=True):
+        keep_a, keep_b = longest_first(len(a), len(b), max_len - 3)
+        encoded.append(
+            np.asarray([special.cls, *a[:keep_a], special.sep, *b[:keep_b], special.sep], np.int32)
+        )
+    return encoded
+
+
+def bucket_lengths(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
+    """The padded lengths in use: the given ones below `max_len`, then `max_len` itself (always last)."""
+    if any(b < 1 for b in buckets):
+        raise ValueError(f"bucket lengths {tuple(buckets)} must be >= 1")
+    return (*sorted({b for b in buckets if b < max_len}), max_len)
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    """One padded batch. token_ids, attention_mask [B, S] int32; labels [B] int32 or float32;
+    weights [B] float32 (0 on padding rows); index [B] int64 example positions (-1 on padding rows)."""
+
+    token_ids: np.ndarray
+    attention_mask: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+    index: np.ndarray
+
+
+def _pad_batch(
+    sequences: list[np.ndarray],
+    labels: np.ndarray,
+    rows: np.ndarray,
+    batch_size: int,
+    length: int,
+    pad_id: int,
+) -> Batch:
+    token_ids = np.full((batch_size, length), pad_id, np.int32)
+    attention_mask = np.zeros((batch_size, length), np.int32)
+    for r, i in enumerate(rows):
+        token_ids[r, : len(sequences[i])] = sequences[i]
+        attention_mask[r, : len(sequences[i])] = 1
+    index = np.full(batch_size, -1, np.int64)
+    index[: len(rows)] = rows
+    batch_labels = np.zeros(batch_size, labels.dtype)
+    batch_labels[: len(rows)] = labels[rows]
+    weights = (index >= 0).astype(np.float32)
+    return Batch(token_ids, attention_mask, batch_labels, weights, index)
+
+
+def batches(
+    sequences: list[np.ndarray],
+    labels: np.ndarray,
+    batch_size: int,
+    lengths: tuple[int, ...],
+    pad_id: int,
+    rng: np.random.Generator | None = None,
+) -> Iterator[Batch]:
+    """Length-bucketed batches covering every example once.
+
+    With `rng` (training) examples are shuffled within their bucket and the batches of all buckets are
+    shuffled together; without it (evaluation) the order is deterministic, bucket by bucket.
+    `lengths` come from `bucket_lengths`; an example longer than the last one is a ValueError.
+    """
+    sizes = np.asarray([len(s) for s in sequences], np.int64)
+    if len(sizes) and sizes.max() > lengths[-1]:
+        raise ValueError(f"an example has {sizes.max()} tokens, more than the largest bucket {lengths[-1]}")
+    bucket_of = np.searchsorted(np.asarray(lengths), sizes)  # smallest bucket length >= size
+    plan = []
+    for b, length in enumerate(lengths):
+        members = np.flatnonzero(bucket_of == b)
+        if rng is not None:
+            members = rng.permutation(members)
+        plan += [(members[i : i + batch_size], length) for i in range(0, len(members), batch_size)]
+    order = rng.permutation(len(plan)) if rng is not None else range(len(plan))
+    for k in order:
+        rows, length = plan[k]
+        yield _pad_batch(sequences, labels, rows, batch_size, length, pad_id)
+
+
+def num_batches(sequences: list[np.ndarray], batch_size: int, lengths: tuple[int, ...]) -> int:
+    """How many batches `batches` yields for these sequences (the same for every shuffle)."""
+    bucket_of = np.searchsorted(np.asarray(lengths), [len(s) for s in sequences])
+    counts = np.bincount(bucket_of, minlength=len(lengths))
+    return int(sum(-(-c // batch_size) for c in counts))

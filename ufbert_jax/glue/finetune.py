@@ -1,0 +1,298 @@
+"""Fine-tuning a pretrained workdir on GLUE tasks, the paper's way, and scoring the dev splits.
+
+Shape legend: B batch, S sequence, C classes (1 for STS-B regression).
+
+Recipe (ULTRAFASTBERT_FACTS section 4): AdamW (0.9, 0.98), eps 1e-6, no weight decay, lr 4e-5 with 10%
+linear warmup then cosine decay to 0, batch 16, 5 epochs, dropout 0.1 on, max length 128; the dev score
+after the last epoch is the one reported. Its values live in configs/glue.py (with CoLA's own epochs);
+`Recipe` is the resolved, typed form for one task. Cross-entropy for classification, squared error for
+STS-B. Each task starts from the pretrained encoder and a freshly initialised pooler and head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tokenizers import Tokenizer
+from tqdm.auto import tqdm
+
+from ufbert_jax import checkpoint
+from ufbert_jax.config import ModelConfig
+from ufbert_jax.data.tokenizer import SpecialIds, load_tokenizer
+from ufbert_jax.glue import encoding, metrics
+from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task
+from ufbert_jax.model import SequenceClassifier
+
+LOSS_LOG_EVERY = 25  # steps between progress-bar loss updates (each one waits for the device)
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """The fine-tuning settings of one task (field meanings in configs/glue.py)."""
+
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    lr: float
+    b1: float
+    b2: float
+    eps: float
+    weight_decay: float
+    warmup_fraction: float
+    dropout: float
+    max_len: int
+    buckets: tuple[int, ...]
+    max_train_examples: int
+    fff_impl: str
+    seed: int
+
+    @classmethod
+    def for_task(cls, config: Mapping, task: str) -> Recipe:
+        """The config's top-level fields with `config["task_overrides"][task]` applied on top."""
+        overrides = dict(config.get("task_overrides", {}).get(task, {}))
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"task_overrides.{task} has unknown fields {unknown}")
+        values = {f.name: overrides.get(f.name, config[f.name]) for f in dataclasses.fields(cls)}
+        values["buckets"] = tuple(values["buckets"])
+        return cls(**values)
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "eval_batch_size", "max_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if not 0.0 <= self.warmup_fraction <= 1.0:
+            raise ValueError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1]")
+
+
+@functools.cache
+def adamw(b1: float, b2: float, eps: float, weight_decay: float) -> optax.GradientTransformation:
+    """AdamW whose learning rate is a state entry that the train step sets (optax.inject_hyperparams).
+
+    Cached, and the schedule lives outside it, so every task with the same head shape reuses one compiled
+    train step: a schedule closure inside the optimizer would be new static state, compiled again per task.
+    """
+    return optax.inject_hyperparams(optax.adamw)(
+        learning_rate=0.0, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay
+    )
+
+
+def lr_schedule(recipe: Recipe, total_steps: int) -> optax.Schedule:
+    """Linear warmup to `lr` over warmup_fraction of the steps, then cosine decay to 0."""
+    warmup = round(recipe.warmup_fraction * total_steps)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=recipe.lr, warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1)
+    )
+
+
+def _loss(model: SequenceClassifier, batch: dict, regression: bool) -> jax.Array:
+    """Weighted mean loss over the real rows of a padded batch (padding rows have weight 0)."""
+    outputs = model(batch["token_ids"], batch["attention_mask"])  # [B, C]
+    if regression:
+        per_example = jnp.square(outputs[:, 0] - batch["labels"])  # [B]
+    else:
+        per_example = optax.softmax_cross_entropy_with_integer_labels(outputs, batch["labels"])  # [B]
+    weights = batch["weights"]  # [B]
+    return jnp.sum(per_example * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+@functools.partial(nnx.jit, donate_argnames=("model", "optimizer"), static_argnames="regression")
+def train_step(
+    model: SequenceClassifier,
+    optimizer: nnx.Optimizer,
+    batch: dict,
+    learning_rate: jax.Array,
+    regression: bool,
+) -> jax.Array:
+    """One AdamW step at `learning_rate` (dropout on: the model is in train mode); returns the loss before
+    the step. `optimizer` must wrap `adamw(...)`."""
+    optimizer.opt_state.hyperparams["learning_rate"][...] = learning_rate
+    loss, grads = nnx.value_and_grad(_loss)(model, batch, regression)
+    optimizer.update(model, grads)
+    return loss
+
+
+@nnx.jit
+def predict_step(model: SequenceClassifier, token_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """token_ids, attention_mask [B, S] -> outputs [B, C]."""
+    return model(token_ids, attention_mask)
+
+
+def _device_batch(batch: encoding.Batch) -> dict:
+    return {
+        "token_ids": batch.token_ids,
+        "attention_mask": batch.attention_mask,
+        "labels": batch.labels,
+        "weights": batch.weights,
+    }
+
+
+def predict(
+    model: SequenceClassifier, sequences: list[np.ndarray], recipe: Recipe, pad_id: int, regression: bool
+) -> np.ndarray:
+    """Predictions [n] (class indices, or scores for regression) with dropout off, in example order."""
+    model.eval()
+    lengths = encoding.bucket_lengths(recipe.buckets, recipe.max_len)
+    dummy_labels = np.zeros(len(sequences), np.int32)
+    predictions = np.zeros(len(sequences), np.float32 if regression else np.int32)
+    for batch in encoding.batches(sequences, dummy_labels, recipe.eval_batch_size, lengths, pad_id):
+        outputs = np.asarray(predict_step(model, batch.token_ids, batch.attention_mask))  # [B, C]
+        values = outputs[:, 0] if regression else outputs.argmax(axis=-1)  # [B]
+        real = batch.index >= 0
+        predictions[batch.index[real]] = values[real]
+    return predictions
+
+
+def check_vocabulary(tokenizer: Tokenizer, cfg: ModelConfig, where: str) -> None:
+    """A tokenizer whose vocabulary differs from the model's would index the wrong embedding rows."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size != cfg.vocab_size:
+        raise ValueError(f"{where}: tokenizer vocabulary {size} != model vocab_size {cfg.vocab_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """What every task starts from: the workdir's model config, tokenizer and checkpoint step."""
+
+    workdir: Path
+    config: ModelConfig
+    tokenizer: Tokenizer
+    step: int | None
+
+    @classmethod
+    def load(cls, workdir: str | Path, step: int | None = None) -> Pretrained:
+        """Reads model.json and tokenizer.json; a vocabulary mismatch between them is a ValueError."""
+        workdir = Path(workdir)
+        cfg = checkpoint.load_config(workdir)
+        tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
+        tokenizer.no_truncation()  # truncation and padding are ours (encoding.py)
+        tokenizer.no_padding()
+        check_vocabulary(tokenizer, cfg, str(workdir))
+        return cls(workdir, cfg, tokenizer, step)
+
+    def classifier(self, num_labels: int, recipe: Recipe) -> tuple[SequenceClassifier, int]:
+        """A SequenceClassifier with the pretrained encoder restored; returns it and the restored step."""
+        if recipe.max_len > self.config.max_len:
+            raise ValueError(f"max_len={recipe.max_len} exceeds the model's max_len={self.config.max_len}")
+        cfg = self.config.replace(dropout=recipe.dropout, fff_impl=recipe.fff_impl)
+        model = SequenceClassifier(cfg, num_labels, nnx.Rngs(params=recipe.seed, dropout=recipe.seed + 1))
+        step = checkpoint.restore_params(self.workdir, model, self.step)
+        return model, step
+
+
+def _commit_to_device(*nodes: nnx.Module | nnx.Optimizer) -> None:
+    """Places every array of `nodes` on the default device. Freshly initialised arrays are uncommitted while
+    a jitted step returns committed ones; without this the second step would compile all over again."""
+    nnx.update(nodes, jax.device_put(nnx.state(nodes), jax.devices()[0]))
+
+
+def train(
+    model: SequenceClassifier,
+    sequences: list[np.ndarray],
+    labels: np.ndarray,
+    recipe: Recipe,
+    pad_id: int,
+    regression: bool,
+    name: str,
+) -> dict:
+    """Trains `model` in place for recipe.epochs with a progress bar; returns the number of steps and the
+    mean loss of each epoch. `sequences` are the encoded examples, `labels` [n] their labels."""
+    rng = np.random.default_rng(recipe.seed)
+    lengths = encoding.bucket_lengths(recipe.buckets, recipe.max_len)
+    total_steps = recipe.epochs * encoding.num_batches(sequences, recipe.batch_size, lengths)
+    learning_rates = np.asarray(lr_schedule(recipe, total_steps)(np.arange(total_steps)), np.float32)
+    optimizer = nnx.Optimizer(
+        model, adamw(recipe.b1, recipe.b2, recipe.eps, recipe.weight_decay), wrt=nnx.Param
+    )
+    _commit_to_device(model, optimizer)
+    model.train()
+    epoch_losses, step = [], 0
+    with tqdm(total=total_steps, desc=f"{name:>5}", unit="step", dynamic_ncols=True) as bar:
+        for _ in range(recipe.epochs):
+            losses = []
+            for batch in encoding.batches(sequences, labels, recipe.batch_size, lengths, pad_id, rng):
+                losses.append(
+                    train_step(model, optimizer, _device_batch(batch), learning_rates[step], regression)
+                )
+                step += 1
+                bar.update()
+                if step % LOSS_LOG_EVERY == 0:
+                    bar.set_postfix(loss=f"{float(losses[-1]):.4f}")
+            epoch_losses.append(float(np.mean(jax.device_get(losses))))
+            if not np.isfinite(epoch_losses[-1]):
+                raise FloatingPointError(f"{name}: non-finite training loss {epoch_losses[-1]}")
+    return {"steps": total_steps, "train_loss_per_epoch": epoch_losses}
+
+
+def finetune_task(data: TaskData, pretrained: Pretrained, recipe: Recipe) -> dict:
+    """Fine-tunes on data.train and scores every dev split after the last epoch; returns the task's record."""
+    spec, start = data.spec, time.perf_counter()
+    train_split = data.train
+    if 0 < recipe.max_train_examples < len(train_split):
+        chosen = np.random.default_rng(recipe.seed).choice(
+            len(train_split), recipe.max_train_examples, replace=False
+        )
+        train_split = train_split.subset(np.sort(chosen))
+    pad_id = SpecialIds.of(pretrained.tokenizer).pad
+    regression = spec.labels is None
+    model, step = pretrained.classifier(spec.num_labels, recipe)
+    sequences = encoding.encode(pretrained.tokenizer, train_split.texts, recipe.max_len)
+    trained = train(model, sequences, train_split.labels, recipe, pad_id, regression, spec.name)
+    dev = {}
+    for name, split in data.dev.items():
+        dev_sequences = encoding.encode(pretrained.tokenizer, split.texts, recipe.max_len)
+        predictions = predict(model, dev_sequences, recipe, pad_id, regression)
+        dev[name] = {
+            "examples": len(split),
+            "metrics": metrics.compute(spec.metrics, split.labels, predictions),
+        }
+    return {
+        "status": "ok",
+        "checkpoint_step": step,
+        "recipe": dataclasses.asdict(recipe),
+        "train_examples": len(train_split),
+        "train_source": train_split.source,
+        **trained,
+        "dev": dev,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def run_glue(
+    config: Mapping, pretrained: Pretrained, source: Callable[[TaskSpec], TaskData | Skipped]
+) -> dict:
+    """Runs every task of config["tasks"] (comma-separated) from `source`; returns the results record.
+
+    A task the source cannot provide is recorded as skipped with the reason; the others still run.
+    """
+    specs = [get_task(name) for name in config["tasks"].split(",") if name.strip()]
+    for name in config.get("task_overrides", {}):
+        get_task(name)  # a misspelt task in the overrides is an error, not a silently ignored setting
+    recipes = {spec.name: Recipe.for_task(config, spec.name) for spec in specs}  # bad values fail up front
+    tasks = {}
+    for spec in specs:
+        data = source(spec)
+        if isinstance(data, Skipped):
+            tasks[spec.name] = {"status": "skipped", "reason": data.reason}
+            print(f"{spec.name}: skipped ({data.reason})")
+            continue
+        tasks[spec.name] = finetune_task(data, pretrained, recipes[spec.name])
+    rows = {
+        row: scored["metrics"] for record in tasks.values() for row, scored in record.get("dev", {}).items()
+    }
+    row_tasks = {row: name for name, record in tasks.items() for row in record.get("dev", {})}
+    return {
+        "workdir": str(pretrained.workdir),
+        "model": dataclasses.asdict(pretrained.config),
+        "tasks": tasks,
+        "averages": metrics.averages(rows, row_tasks),
+    }
