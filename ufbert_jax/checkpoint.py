@@ -58,6 +58,15 @@ def manager(workdir: str | Path, **options) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(**options))
 
 
+def checkpoint_items(workdir: str | Path, step: int) -> frozenset[str]:
+    """The item names saved at `step`, e.g. {"params"} for a converted checkpoint, or
+    {"params", "train", "meta"} for one the trainer wrote."""
+    step_dir = Path(workdir) / CHECKPOINT_DIR / str(step)
+    if not step_dir.is_dir():
+        raise FileNotFoundError(f"no checkpoint step {step} under {step_dir.parent}")
+    return frozenset(path.name for path in step_dir.iterdir() if path.is_dir())
+
+
 def params_of(model: nnx.Module) -> dict:
     """The model's parameters as a pure nested dict (what the "params" item stores)."""
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -1,0 +1,400 @@
+"""Pretraining: schedule, optimizer, sparse-prediction loss, train loop, checkpoints and resume, devices.
+
+The loop tests run on a tiny-fff model with 16-token sequences and random batches (RandomBatches, the data
+loader's interface); the end-to-end test on data/sample needs the data pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from ufbert_jax import checkpoint as ckpt
+from ufbert_jax.config import ModelConfig, preset
+from ufbert_jax.model import MaskedLM
+from ufbert_jax.train import loop, optim
+from ufbert_jax.train.steps import mlm_loss
+
+REPO = Path(__file__).resolve().parents[1]
+SEQ_LEN, PREDICTIONS = 16, 4
+
+
+def tiny_config(**overrides) -> ml_collections.ConfigDict:
+    """A train config for tests: tiny-fff, float32, 16-token sequences, logged every step."""
+    config = ml_collections.ConfigDict(
+        dict(
+            model="tiny-fff",
+            model_overrides=dict(fff_impl="masked", max_len=SEQ_LEN),
+            seq_len=SEQ_LEN,
+            microbatch=8,
+            final_batch=16,
+            ramp_fraction=0.5,
+            steps=4,
+            budget_hours=0.0,
+            optimizer=dict(lr=1e-3, b1=0.9, b2=0.98, eps=1e-12, weight_decay=0.01, clip_norm=0.5),
+            checkpoint_every=2,
+            keep_checkpoints=5,
+            log_every=1,
+            eval_every=0,
+            eval_batches=2,
+            seed=0,
+            num_devices=0,
+            progress_bar=False,
+            distributed=dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1),
+        )
+    )
+    config.update(overrides)
+    return config
+
+
+class RandomBatches:
+    """Deterministic random MLM batches with the data loader's interface (its state: batches consumed)."""
+
+    def __init__(self, config, model_cfg: ModelConfig, stop_after: int | None = None):
+        self.batch, self.vocab, self.index, self.stop_after = (
+            config.microbatch,
+            model_cfg.vocab_size,
+            0,
+            stop_after,
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.index == self.stop_after:
+            raise Interrupted(f"stopped after {self.index} batches")
+        rng = np.random.default_rng(self.index)
+        self.index += 1
+        ids = rng.integers(8, self.vocab, (self.batch, SEQ_LEN), dtype=np.int32)  # [B, S]
+        positions = np.argsort(rng.random((self.batch, SEQ_LEN)), axis=1)[:, :PREDICTIONS]  # [B, P]
+        # A learnable task: each masked token's label is its left neighbour.
+        labels = np.take_along_axis(ids, np.maximum(positions - 1, 0), axis=1)  # [B, P]
+        np.put_along_axis(ids, positions, 3, axis=1)
+        return {"input_ids": ids, "positions": positions.astype(np.int32), "labels": labels}
+
+    def get_state(self) -> dict:
+        return {"index": self.index}
+
+    def set_state(self, state: dict) -> None:
+        self.index = state["index"]
+
+
+class Interrupted(Exception):
+    pass
+
+
+def run_train(config, workdir, stop_after=None) -> dict:
+    model_cfg = loop.model_config(config)
+    return loop.train(config, workdir, model_cfg, RandomBatches(config, model_cfg, stop_after))
+
+
+def saved_state(workdir, step) -> dict:
+    """The raw arrays of a checkpoint step, read without any target (as a fresh process would)."""
+    import orbax.checkpoint as ocp
+
+    with ckpt.manager(workdir) as mngr:
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(),
+                train=ocp.args.StandardRestore(),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+    return {name: restored[name] for name in ("params", "train", "meta")}
+
+
+# ---- schedule, ramp, optimizer ---------------------------------------------------------------------------
+
+
+def test_budget_schedule_is_the_triangle():
+    p = np.linspace(0, 1, 101)
+    got = np.array([optim.budget_schedule(x) for x in p])
+    np.testing.assert_allclose(got, np.minimum(0.25 + p, 4 - 4 * p), atol=1e-12)
+    assert optim.budget_schedule(0.0) == 0.25
+    assert optim.budget_schedule(0.75) == 1.0
+    assert optim.budget_schedule(1.0) == 0.0
+    assert optim.budget_schedule(1.5) == 0.0 and optim.budget_schedule(-1.0) == 0.25
+    assert np.argmax(got) == 75
+
+
+def test_progress_by_steps_and_by_time():
+    by_steps = loop.Budget.of(tiny_config(steps=200))
+    assert by_steps.progress(step=150, first_step=100, elapsed=1e9) == 0.25  # converted checkpoint at 100
+    by_time = loop.Budget.of(tiny_config(steps=0, budget_hours=2.0))
+    assert by_time.progress(step=10**6, first_step=0, elapsed=5400.0) == 0.75
+    assert optim.budget_schedule(by_time.progress(0, 0, 5400.0)) == 1.0
+    with pytest.raises(ValueError, match="steps >= 1 or budget_hours > 0"):
+        loop.Budget.of(tiny_config(steps=0, budget_hours=0.0))
+
+
+def test_batch_ramp_accumulation_counts():
+    # The recipe: microbatch 128, final 8192 (64 microbatches) reached at 60% of the budget.
+    counts = [optim.accumulation_steps(p, 128, 8192, 0.6) for p in np.linspace(0, 1, 1001)]
+    assert counts[0] == 1 and counts[600] == 64 and counts[-1] == 64
+    assert np.all(np.diff(counts) >= 0)
+    assert counts[300] == 33  # half way up the ramp: floor(0.5 * 64) + 1
+    assert optim.accumulation_steps(0.0, 128, 8192, 0.0) == 64
+    with pytest.raises(ValueError, match="multiple"):
+        optim.accumulation_steps(0.0, 128, 1000, 0.6)
+
+
+def test_accumulation_applies_the_mean_every_k_microbatches():
+    tx = optim.accumulate_gradients(optax.sgd(1.0))
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    grads = [{"w": jnp.full(3, float(i + 1))} for i in range(5)]
+    applied = []
+    for g, k in zip(grads, (1, 2, 2, 2, 2), strict=True):
+        updates, state = tx.update(g, state, params, accumulation_steps=k)
+        applied.append(float(updates["w"][0]))
+    # k=1: applies g1; then pairs (g2, g3) and (g4, g5) as their means; the first of each pair waits.
+    assert applied == [-1.0, 0.0, -2.5, 0.0, -4.5]
+
+
+def real_params(name="tiny-fff") -> dict:
+    return ckpt.params_of(MaskedLM(preset(name, fff_impl="masked"), nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("name", ["tiny-fff", "tiny-dense"])
+def test_no_weight_decay_on_norms_biases_and_position_scale(name):
+    config = optim.OptimizerConfig()
+    tx = optim.make_optimizer(config)
+    params = real_params(name)
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    # With zero gradients Adam's step is exactly 0, so the update is the weight decay alone.
+    updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params, lr_multiplier=0.5, accumulation_steps=1)
+    decayed, kept = set(), set()
+    for path, update in jax.tree_util.tree_leaves_with_path(updates):
+        leaf = path[-1].key
+        (decayed if np.any(np.asarray(update)) else kept).add(leaf)
+    expected_decayed = {"kernel", "embedding"} | ({"w_in", "w_out"} if name == "tiny-fff" else set())
+    assert decayed == expected_decayed
+    assert kept == {"scale", "bias", "position_scale"} | ({"b_in"} if name == "tiny-fff" else set())
+    word = params["encoder"]["embedding"]["word"]["embedding"]
+    np.testing.assert_allclose(
+        updates["encoder"]["embedding"]["word"]["embedding"],
+        -config.lr * 0.5 * config.weight_decay * word,
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("norm", [10.0, 0.1])
+def test_gradient_clipped_to_global_norm_half(norm, rng):
+    tx = optim.make_optimizer(optim.OptimizerConfig())
+    params = real_params()
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
+    grads = jax.tree.map(lambda g: g * norm / optax.tree.norm(grads), grads)
+    _, state = jax.jit(tx.update)(grads, tx.init(params), params, lr_multiplier=1.0, accumulation_steps=1)
+    # Adam's second moment after one step is (1 - b2) g^2 of the gradient it saw, i.e. after clipping.
+    nu = optax.tree.get(state, "nu")
+    seen = float(jnp.sqrt(sum(jnp.sum(v) for v in jax.tree.leaves(nu)) / (1 - 0.98)))
+    np.testing.assert_allclose(seen, min(norm, 0.5), rtol=1e-4)
+
+
+# ---- loss -------------------------------------------------------------------------------------------------
+
+
+def test_sparse_prediction_loss_matches_numpy_cross_entropy(rng):
+    model = MaskedLM(preset("tiny-fff", fff_impl="masked"), nnx.Rngs(1))
+    model.eval()  # no dropout: both passes must see the same network
+    ids = rng.integers(0, 512, (3, 12)).astype(np.int32)
+    positions = np.stack([rng.choice(12, 5, replace=False) for _ in range(3)]).astype(np.int32)  # [B, P]
+    labels = rng.integers(0, 512, (3, 5)).astype(np.int32)
+    labels[1, 2] = labels[2, 0] = -1  # ignored
+    loss, metrics = mlm_loss(model, {"input_ids": ids, "positions": positions, "labels": labels})
+
+    logits = np.asarray(model(jnp.asarray(ids)), np.float64)  # [B, S, V], every position decoded
+    picked = np.take_along_axis(logits, positions[..., None], axis=1)  # [B, P, V]
+    log_z = np.log(np.exp(picked - picked.max(-1, keepdims=True)).sum(-1)) + picked.max(-1)
+    counted = labels >= 0
+    nll = log_z - np.take_along_axis(picked, np.maximum(labels, 0)[..., None], -1)[..., 0]
+    np.testing.assert_allclose(float(loss), nll[counted].mean(), rtol=1e-5)
+    accuracy = (picked.argmax(-1) == labels)[counted].mean()
+    np.testing.assert_allclose(float(metrics["accuracy"]), accuracy, atol=1e-7)
+    assert int(metrics["predictions"]) == counted.sum()
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------
+
+
+def test_two_step_smoke(tmp_path):
+    record = run_train(tiny_config(steps=2, checkpoint_every=1), tmp_path)
+    assert record["step"] == 2 and np.isfinite(record["train/loss"]) and record["lr"] > 0
+    assert ckpt.checkpoint_items(tmp_path, 2) >= {"params", "train", "meta"}
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_time_budget_stops_by_the_clock(tmp_path):
+    record = run_train(tiny_config(steps=0, budget_hours=1e-9), tmp_path)
+    assert record["step"] == 1 and record["progress"] == 1.0
+
+
+def test_four_steps_equal_two_then_resume_then_two_bitwise(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_train(tiny_config(), straight)
+    with pytest.raises(Interrupted):
+        run_train(tiny_config(), resumed, stop_after=3)  # saved at step 2, mid-accumulation (k=2)
+    assert ckpt.manager(resumed).latest_step() == 2
+    run_train(tiny_config(), resumed)  # fresh objects, everything from the workdir
+    a, b = saved_state(straight, 4), saved_state(resumed, 4)
+    for tree in ("params", "train"):
+        leaves_a = jax.tree_util.tree_leaves_with_path(a[tree])
+        leaves_b = jax.tree.leaves(b[tree])
+        assert len(leaves_a) == len(leaves_b) > 10
+        for (path, x), y in zip(leaves_a, leaves_b, strict=True):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=f"{tree} {path}")
+    assert a["meta"]["data_state"] == b["meta"]["data_state"] == [{"index": 4}]
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the record of step 3 before the interruption was replaced
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # lr 1e38 makes the first update enormous but finite; the next forward pass overflows.
+    config = tiny_config(checkpoint_every=1, optimizer=dict(tiny_config().optimizer, lr=1e38))
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 2.*step 1 in"):
+        run_train(config, tmp_path)
+    assert ckpt.manager(tmp_path).latest_step() == 1
+    model = MaskedLM(loop.model_config(config), nnx.Rngs(5))
+    assert ckpt.restore_params(tmp_path, model) == 1
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(ckpt.params_of(model)))
+
+
+def test_continues_from_a_params_only_checkpoint_with_a_fresh_optimizer(tmp_path):
+    config = tiny_config(steps=2)
+    converted = MaskedLM(loop.model_config(config), nnx.Rngs(7))
+    ckpt.save_params(tmp_path, 100, converted)
+    record = run_train(config, tmp_path)
+    assert record["step"] == 102 and record["lr"] == pytest.approx(0.75e-3)  # p = 1/2 of a fresh budget
+    meta = saved_state(tmp_path, 102)["meta"]
+    assert meta["first_step"] == 100
+
+
+def test_bad_configs_fail_before_writing(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'ultrafastbert-x'"):
+        loop.model_config(tiny_config(model="ultrafastbert-x"))
+    with pytest.raises(ValueError, match=r"seq_len=64 must be in 1\.\.16"):
+        loop.train_and_evaluate(tiny_config(seq_len=64), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    loop.prepare_workdir(tmp_path, preset("tiny-fff"), REPO / "tests" / "test_train.py")
+    with pytest.raises(ValueError, match=r"different model.*'hidden': \(64, 32\)"):
+        loop.prepare_workdir(tmp_path, preset("tiny-fff", hidden=32), ckpt.tokenizer_path(tmp_path))
+
+
+MULTI_DEVICE = """
+import json, sys
+import jax, numpy as np
+from tests.test_train import run_train, saved_state, tiny_config
+assert jax.device_count() == 8, jax.devices()
+out = {}
+for n in (1, 8):
+    config = tiny_config(steps=2, final_batch=8, num_devices=n, checkpoint_every=2)
+    record = run_train(config, sys.argv[1] + f"/{n}")
+    state = saved_state(sys.argv[1] + f"/{n}", 2)
+    out[n] = dict(record=record, **{tree: jax.tree.leaves(state[tree]) for tree in ("params", "train")})
+for key in ("train/loss", "train/grad_norm"):
+    np.testing.assert_allclose(out[8]["record"][key], out[1]["record"][key], rtol=1e-5)
+for tree in ("params", "train"):
+    for x, y in zip(out[8][tree], out[1][tree], strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+print("MATCH")
+"""
+
+
+def test_eight_devices_match_one_device(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    result = subprocess.run(
+        [sys.executable, "-c", MULTI_DEVICE, str(tmp_path)], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "MATCH" in result.stdout, result.stderr[-4000:]
+
+
+KILLABLE = """
+import sys
+from tests.test_train import run_train, tiny_config
+run_train(tiny_config(steps=10**6, checkpoint_every=3, log_every=3), sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(tmp_path, rng):
+    process = subprocess.Popen([sys.executable, "-c", KILLABLE, str(tmp_path)], cwd=REPO)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "checkpoints" / "3").is_dir():
+            assert process.poll() is None and time.monotonic() < deadline, "no first checkpoint"
+            time.sleep(0.2)
+        time.sleep(rng.uniform(0, 3))
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    saved = ckpt.manager(tmp_path).latest_step()
+    assert saved % 3 == 0
+    resumed_from = saved_state(tmp_path, saved)["meta"]["step"]
+    record = run_train(tiny_config(steps=saved + 3, checkpoint_every=3, log_every=3), tmp_path)
+    assert resumed_from == saved and record["step"] == saved + 3
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))
+
+
+# ---- with the data pipeline ------------------------------------------------------------------------------
+
+
+def data_config(tmp_path, sources, **overrides):
+    return tiny_config(
+        data=dict(
+            sources=[str(s) for s in sources],
+            shard_dir=str(tmp_path / "shards"),
+            tokenizer=str(tmp_path / "shards" / "tokenizer.json"),
+            worker_count=0,
+        ),
+        model_overrides=dict(fff_impl="masked", vocab_size=1024),
+        seq_len=16,
+        **overrides,
+    )
+
+
+@pytest.mark.parametrize("corpus", ["missing", "empty"])
+def test_missing_or_empty_corpus_fails_cleanly(tmp_path, corpus):
+    pytest.importorskip("ufbert_jax.data.shards")
+    source = tmp_path / "corpus"
+    if corpus == "empty":
+        source.mkdir()
+        (source / "a.txt").write_text("")
+    with pytest.raises((FileNotFoundError, ValueError)):
+        loop.train_and_evaluate(data_config(tmp_path, [source]), tmp_path / "work")
+    assert not (tmp_path / "work" / ckpt.CONFIG_FILE).exists()
+    assert not (tmp_path / "work" / ckpt.CHECKPOINT_DIR).exists()
+
+
+@pytest.mark.slow
+def test_end_to_end_on_the_sample_corpus(tmp_path):
+    pytest.importorskip("ufbert_jax.data.loader")
+    config = data_config(
+        tmp_path, [REPO / "data" / "sample"], steps=30, checkpoint_every=15, log_every=5, eval_every=15
+    )
+    record = loop.train_and_evaluate(config, tmp_path / "work")
+    records = [json.loads(line) for line in (tmp_path / "work" / "metrics.jsonl").read_text().splitlines()]
+    train_losses = [r["train/loss"] for r in records if "train/loss" in r]
+    assert train_losses[-1] < train_losses[0]
+    assert np.isfinite(record["eval/loss"])
+    assert ckpt.load_pretrained(tmp_path / "work").cfg.vocab_size == 1024
