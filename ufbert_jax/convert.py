@@ -34,7 +34,7 @@ from tokenizers import Tokenizer
 from ufbert_jax import checkpoint
 from ufbert_jax import state_dict as state_dict_lib
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds, load_tokenizer
+from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds, check_vocabulary, load_tokenizer
 from ufbert_jax.model import CLASSIFIER_WIDTH, INIT_STD, MaskedLM, count_params
 
 CONFIG_FILE = "config.json"
@@ -319,11 +319,7 @@ def read_tokenizer(directory: str | Path, cfg: ModelConfig) -> Tokenizer:
     """tokenizer.json of `directory`; it must hold every special token and fit the model's vocabulary."""
     tokenizer = load_tokenizer(Path(directory) / TOKENIZER_FILE)
     SpecialIds.of(tokenizer)
-    if tokenizer.get_vocab_size() > cfg.vocab_size:
-        raise ConversionError(
-            f"{Path(directory) / TOKENIZER_FILE}: {tokenizer.get_vocab_size()} tokens exceed the model's "
-            f"vocab_size={cfg.vocab_size}"
-        )
+    check_vocabulary(tokenizer, cfg.vocab_size, str(Path(directory) / TOKENIZER_FILE))
     return tokenizer
 
 

@@ -94,3 +94,17 @@ def train_wordpiece(texts: Iterable[str], vocab_size: int, out_path: str | Path)
     tokenizer.train_from_iterator(texts, trainer=trainer)
     save_atomically(tokenizer.to_str(), out_path)
     return tokenizer
+
+
+def check_vocabulary(tokenizer: Tokenizer, vocab_size: int, where: str) -> None:
+    """Every token id of the tokenizer must have a row in the model's embedding (vocab_size rows).
+
+    A larger tokenizer means the checkpoint was made with another tokenizer; a smaller one is fine (models
+    often pad their vocabulary, and a WordPiece trained on a small corpus stops short of its target size).
+    """
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise ValueError(
+            f"{where}: the tokenizer has {size} tokens but the model's vocab_size is only {vocab_size}: "
+            "the checkpoint was made with another tokenizer"
+        )

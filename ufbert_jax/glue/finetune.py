@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ufbert_jax import checkpoint
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.data.tokenizer import SpecialIds, load_tokenizer
+from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, load_tokenizer
 from ufbert_jax.glue import encoding, metrics
 from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task
 from ufbert_jax.model import SequenceClassifier
@@ -152,13 +152,6 @@ def predict(
     return predictions
 
 
-def check_vocabulary(tokenizer: Tokenizer, cfg: ModelConfig, where: str) -> None:
-    """A tokenizer whose vocabulary differs from the model's would index the wrong embedding rows."""
-    size = tokenizer.get_vocab_size(with_added_tokens=True)
-    if size != cfg.vocab_size:
-        raise ValueError(f"{where}: tokenizer vocabulary {size} != model vocab_size {cfg.vocab_size}")
-
-
 @dataclasses.dataclass(frozen=True)
 class Pretrained:
     """What every task starts from: the workdir's model config, tokenizer and checkpoint step."""
@@ -176,7 +169,7 @@ class Pretrained:
         tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
         tokenizer.no_truncation()  # truncation and padding are ours (encoding.py)
         tokenizer.no_padding()
-        check_vocabulary(tokenizer, cfg, str(workdir))
+        check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
         return cls(workdir, cfg, tokenizer, step)
 
     def classifier(self, num_labels: int, recipe: Recipe) -> tuple[SequenceClassifier, int]:
