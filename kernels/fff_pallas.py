@@ -71,7 +71,7 @@ class BlockSizes:
     sort_levels: int = 0
     sort_min_tokens: int = 4096
     hold_x: bool = True
-    num_warps: int = 4
+    num_warps: int = 8
     num_stages: int = 1
 
     def __post_init__(self):
