@@ -5,7 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 GLUE_DIR ?= ../shared/data/glue
+GLUE_TASKS ?= rte
 WORKDIR ?= runs/demo
+# A GLUE directory in the original TSV layout when there is one, else the Hugging Face hub (nyu-mll/glue).
+GLUE_SOURCE = $(if $(wildcard $(GLUE_DIR)),--glue_dir $(GLUE_DIR),--hub)
 
 .PHONY: test test-slow lint demo clean
 
@@ -21,6 +24,10 @@ test: $(BIN)/.installed
 
 test-slow: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "slow and not gpu" -q
+
+demo: $(BIN)/.installed
+	$(BIN)/python train.py --config=configs/tiny.py --workdir=$(WORKDIR)
+	$(BIN)/python eval_glue.py --workdir $(WORKDIR) $(GLUE_SOURCE) --tasks $(GLUE_TASKS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
