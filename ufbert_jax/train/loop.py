@@ -45,8 +45,9 @@ from ufbert_jax.train.optim import (
 )
 from ufbert_jax.train.steps import evaluate, train_step
 
-# Model fields that choose how the model runs, not what it is: a resumed or converted workdir may differ.
-RUNTIME_FIELDS = ("fff_impl", "dtype")
+# Model fields that choose how the model runs, not what it is (weights are the same whatever their value):
+# a resumed or converted workdir may differ in them.
+RUNTIME_FIELDS = ("fff_impl", "dtype", "dropout")
 
 
 class NonFiniteLossError(FloatingPointError):
