@@ -21,6 +21,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 import eval_glue
 from ufbert_jax import checkpoint, config
+from ufbert_jax.data import tokenizer as tokenizer_lib
 from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds
 from ufbert_jax.glue import encoding, metrics, report
 from ufbert_jax.glue.finetune import Pretrained, Recipe, finetune_task
@@ -358,24 +359,25 @@ def test_longest_first_matches_token_by_token_truncation():
         for len_a in range(15):
             for len_b in range(15):
                 expected = _longest_first_by_loop(len_a, len_b, budget)
-                assert encoding.longest_first(len_a, len_b, budget) == expected, (len_a, len_b, budget)
+                assert tokenizer_lib.longest_first(len_a, len_b, budget) == expected, (len_a, len_b, budget)
 
 
 def test_single_and_pair_layouts_follow_the_pretraining_tokenizer(tokenizer):
     special = SpecialIds.of(tokenizer)
     ids = {w: tokenizer.token_to_id(w) for w in WORDS}
-    single = encoding.encode(tokenizer, (["w1 w2 w3"],), max_len=16)
+    single = tokenizer_lib.encode_texts(tokenizer, (["w1 w2 w3"],), max_len=16)
     assert single[0].tolist() == [ids["w1"], ids["w2"], ids["w3"], special.sep]
-    pair = encoding.encode(tokenizer, (["w1 w2"], ["w3"]), max_len=16)
+    pair = tokenizer_lib.encode_texts(tokenizer, (["w1 w2"], ["w3"]), max_len=16)
     assert pair[0].tolist() == [special.cls, ids["w1"], ids["w2"], special.sep, ids["w3"], special.sep]
 
 
 def test_truncation_keeps_prefixes_within_max_len(tokenizer):
     special = SpecialIds.of(tokenizer)
     long_a, long_b = " ".join(WORDS[:20]), " ".join(WORDS[20:30])
-    single = encoding.encode(tokenizer, ([long_a],), max_len=8)[0]
+    single = tokenizer_lib.encode_texts(tokenizer, ([long_a],), max_len=8)[0]
     assert single.tolist() == [tokenizer.token_to_id(w) for w in WORDS[:7]] + [special.sep]
-    pair = encoding.encode(tokenizer, ([long_a], [long_b]), max_len=12)[0]  # 9 text tokens: a 5, b 4
+    # 9 text tokens: a 5, b 4
+    pair = tokenizer_lib.encode_texts(tokenizer, ([long_a], [long_b]), max_len=12)[0]
     expected = [special.cls, *[tokenizer.token_to_id(w) for w in WORDS[:5]], special.sep]
     expected += [*[tokenizer.token_to_id(w) for w in WORDS[20:24]], special.sep]
     assert pair.tolist() == expected

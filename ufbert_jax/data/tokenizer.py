@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<cls>", "<sep>", "<mask>")
@@ -108,3 +109,44 @@ def check_vocabulary(tokenizer: Tokenizer, vocab_size: int, where: str) -> None:
             f"{where}: the tokenizer has {size} tokens but the model's vocab_size is only {vocab_size}: "
             "the checkpoint was made with another tokenizer"
         )
+
+
+def longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
+    """Kept lengths of a pair truncated longest-first to `budget` tokens (ties trim the second text)."""
+    if len_a + len_b <= budget:
+        return len_a, len_b
+    if len_a <= budget // 2:
+        return len_a, budget - len_a
+    if len_b <= budget // 2:
+        return budget - len_b, len_b
+    return (budget + 1) // 2, budget // 2
+
+
+def encode_texts(tokenizer: Tokenizer, texts: tuple[list[str], ...], max_len: int) -> list[np.ndarray]:
+    """Token ids [<= max_len] int32 per example: "A <sep>" for one text, "<cls> A <sep> B <sep>" for two.
+
+    The layout of the cramming tokenizer's post-processor (ULTRAFASTBERT_FACTS section 3), added here so
+    that any tokenizer file works with or without one. `texts` holds one list of strings per column. Text
+    beyond `max_len` is cut before the special tokens are added: a single text from its end, a pair
+    longest-first (the longer side loses a token at a time, the second on ties), as Hugging Face does.
+    """
+    if len(texts) not in (1, 2):
+        raise ValueError(f"expected 1 or 2 text columns, got {len(texts)}")
+    special = SpecialIds.of(tokenizer)
+    columns = [
+        [encoding.ids for encoding in tokenizer.encode_batch(column, add_special_tokens=False)]
+        for column in texts
+    ]
+    if len(texts) == 1:
+        if max_len < 2:
+            raise ValueError(f"{max_len=} must be >= 2 for '<A> <sep>'")
+        return [np.asarray([*ids[: max_len - 1], special.sep], np.int32) for ids in columns[0]]
+    if max_len < 3:
+        raise ValueError(f"{max_len=} must be >= 3 for '<cls> A <sep> B <sep>'")
+    encoded = []
+    for a, b in zip(*columns, strict=True):
+        keep_a, keep_b = longest_first(len(a), len(b), max_len - 3)
+        encoded.append(
+            np.asarray([special.cls, *a[:keep_a], special.sep, *b[:keep_b], special.sep], np.int32)
+        )
+    return encoded

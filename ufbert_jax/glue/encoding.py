@@ -2,10 +2,8 @@
 
 Shape legend: B batch, S padded sequence length (one of the bucket lengths).
 
-Layout (ULTRAFASTBERT_FACTS section 3, the cramming tokenizer's post-processor): a single sentence is
-"A <sep>", a pair "<cls> A <sep> B <sep>"; special-token ids are read from the tokenizer file. Text beyond
-`max_len` is truncated before the special tokens are added: a single sentence from its end, a pair
-longest-first (the longer side loses a token at a time, the second on ties), as Hugging Face tokenizers do.
+Layout: ufbert_jax.data.tokenizer.encode_texts ("A <sep>" for one text, "<cls> A <sep> B <sep>" for a pair,
+truncated to max_len).
 
 Bucketing: each example is padded to the smallest bucket length that holds it (e.g. 32, 64 or 128) and every
 batch is padded to exactly B rows (padding rows have weight 0), so a jitted step sees at most one shape per
@@ -18,44 +16,6 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from tokenizers import Tokenizer
-
-from ufbert_jax.data.tokenizer import SpecialIds
-
-
-def longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Kept lengths of a pair truncated longest-first to `budget` tokens (ties trim the second text)."""
-    if len_a + len_b <= budget:
-        return len_a, len_b
-    if len_a <= budget // 2:
-        return len_a, budget - len_a
-    if len_b <= budget // 2:
-        return budget - len_b, len_b
-    return (budget + 1) // 2, budget // 2
-
-
-def encode(tokenizer: Tokenizer, texts: tuple[list[str], ...], max_len: int) -> list[np.ndarray]:
-    """Token ids [<= max_len] int32 per example: "A <sep>" for one text, "<cls> A <sep> B <sep>" for two."""
-    if len(texts) not in (1, 2):
-        raise ValueError(f"expected 1 or 2 text columns, got {len(texts)}")
-    special = SpecialIds.of(tokenizer)
-    columns = [
-        [encoding.ids for encoding in tokenizer.encode_batch(column, add_special_tokens=False)]
-        for column in texts
-    ]
-    if len(texts) == 1:
-        if max_len < 2:
-            raise ValueError(f"{max_len=} must be >= 2 for '<A> <sep>'")
-        return [np.asarray([*ids[: max_len - 1], special.sep], np.int32) for ids in columns[0]]
-    if max_len < 3:
-        raise ValueError(f"{max_len=} must be >= 3 for '<cls> A <sep> B <sep>'")
-    encoded = []
-    for a, b in zip(*columns, strict=True):
-        keep_a, keep_b = longest_first(len(a), len(b), max_len - 3)
-        encoded.append(
-            np.asarray([special.cls, *a[:keep_a], special.sep, *b[:keep_b], special.sep], np.int32)
-        )
-    return encoded
 
 
 def bucket_lengths(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from ufbert_jax import checkpoint
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, load_tokenizer
+from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts, load_tokenizer
 from ufbert_jax.glue import encoding, metrics
 from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task
 from ufbert_jax.model import SequenceClassifier
@@ -238,11 +238,11 @@ def finetune_task(data: TaskData, pretrained: Pretrained, recipe: Recipe) -> dic
     pad_id = SpecialIds.of(pretrained.tokenizer).pad
     regression = spec.labels is None
     model, step = pretrained.classifier(spec.num_labels, recipe)
-    sequences = encoding.encode(pretrained.tokenizer, train_split.texts, recipe.max_len)
+    sequences = encode_texts(pretrained.tokenizer, train_split.texts, recipe.max_len)
     trained = train(model, sequences, train_split.labels, recipe, pad_id, regression, spec.name)
     dev = {}
     for name, split in data.dev.items():
-        dev_sequences = encoding.encode(pretrained.tokenizer, split.texts, recipe.max_len)
+        dev_sequences = encode_texts(pretrained.tokenizer, split.texts, recipe.max_len)
         predictions = predict(model, dev_sequences, recipe, pad_id, regression)
         dev[name] = {
             "examples": len(split),
