@@ -22,6 +22,7 @@ import optax
 import pytest
 from flax import nnx
 
+from configs import recipe
 from ufbert_jax import checkpoint as ckpt
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
@@ -33,27 +34,24 @@ SEQ_LEN, PREDICTIONS = 16, 4
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """A train config for tests: tiny-fff, float32, 16-token sequences, logged every step."""
-    config = ml_collections.ConfigDict(
+    """A train config for tests: the recipe on tiny-fff, float32, 16-token sequences, logged every step."""
+    config = recipe.base_config()
+    config.model_overrides = dict(fff_impl="masked", max_len=SEQ_LEN)  # replaces the recipe's bf16
+    config.update(
         dict(
             model="tiny-fff",
-            model_overrides=dict(fff_impl="masked", max_len=SEQ_LEN),
             seq_len=SEQ_LEN,
             microbatch=8,
             final_batch=16,
             ramp_fraction=0.5,
             steps=4,
             budget_hours=0.0,
-            optimizer=dict(lr=1e-3, b1=0.9, b2=0.98, eps=1e-12, weight_decay=0.01, clip_norm=0.5),
             checkpoint_every=2,
             keep_checkpoints=5,
             log_every=1,
             eval_every=0,
             eval_batches=2,
-            seed=0,
-            num_devices=0,
             progress_bar=False,
-            distributed=dict(initialize=False, coordinator_address="", num_processes=0, process_id=-1),
         )
     )
     config.update(overrides)
