@@ -1,0 +1,190 @@
+"""FFF layer on CPU: the XLA custom call vs XLA's dense feedforward, UltraFastBERT-1x11 shapes, float32.
+
+    python benchmarks/fff_layer.py cpu [--tokens 1,128,2048,16384] [--threads 1,2] [--rounds 3] [--out PNG]
+
+Variants, timed side by side in one process per thread count (interleaved round by round, so load on a
+shared machine hits them alike): the custom call (``fff_cpu``), the dense 768->3072->768 and 768->4095->768
+GELU feedforwards (biases on both layers, as in crammed BERT), and the pure-JAX ``conditional`` and
+``masked`` forms. Each thread count runs in its own subprocess pinned with ``taskset`` to that many cores,
+with XLA's intra-op pool set by ``XLA_FLAGS`` (``--xla_cpu_multi_thread_eigen`` and
+``intra_op_parallelism_threads``); the table shows the measured CPU time / wall time of each variant, i.e.
+how many threads actually ran. Prints medians (ms) and speedups over dense-3072, saves a plot of speedup
+against tokens to ``--out``. Expected: the custom call ~100x dense-3072 at 16384 tokens on 2 threads
+(docs/cpu_kernel.md has the measured numbers and machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HIDDEN, TREES, DEPTH = 768, 1, 11  # UltraFastBERT-1x11
+VARIANTS = ("fff_cpu", "dense3072", "dense4095", "conditional", "masked")
+BASELINE = "dense3072"
+TARGET_SPEEDUP = 100.0
+MIN_ROUND_S = 0.2  # each round repeats a variant until this much time has passed (at least once)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    ints = lambda s: [int(v) for v in s.split(",")]  # noqa: E731
+    parser = argparse.ArgumentParser(prog="fff_layer.py cpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--tokens", type=ints, default=[1, 128, 2048, 16384])
+    parser.add_argument("--threads", type=ints, default=[1, 2])
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median reported)")
+    parser.add_argument("--out", default="docs/fff_layer_cpu.png")
+    parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: one thread count
+    return parser.parse_args(argv)
+
+
+def make_variants(tokens: int, rng) -> dict[str, tuple]:
+    """Every variant as (jitted forward, its arguments): x [T, H] first, then its weights.
+
+    Weights are arguments, not closed-over constants, so that XLA cannot constant-fold them into the
+    compiled program (it tries, for the gathers of the conditional form).
+    """
+    import jax
+    import jax.numpy as jnp
+    from ufbert_jax.kernels import fff_cpu
+
+    from ufbert_jax import fff
+
+    nodes = 2 ** (DEPTH + 1) - 1
+
+    def normal(*shape):
+        return jnp.asarray(0.02 * rng.standard_normal(shape), jnp.float32)
+
+    def dense_ff(x, w1, b1, w2, b2):
+        return jax.nn.gelu(x @ w1 + b1, approximate=False) @ w2 + b2
+
+    def dense_weights(width):
+        return normal(HIDDEN, width), normal(width), normal(width, HIDDEN), normal(HIDDEN)
+
+    x = jnp.asarray(rng.standard_normal((tokens, HIDDEN)), jnp.float32)  # [T, H]
+    fff_weights = normal(TREES, nodes, HIDDEN), normal(TREES, nodes), normal(TREES, nodes, HIDDEN)
+    return {
+        "fff_cpu": (jax.jit(fff_cpu.fff_cpu), (x, *fff_weights)),
+        "dense3072": (jax.jit(dense_ff), (x, *dense_weights(3072))),
+        "dense4095": (jax.jit(dense_ff), (x, *dense_weights(4095))),
+        "conditional": (jax.jit(fff.conditional), (x, *fff_weights)),
+        "masked": (jax.jit(fff.masked), (x, *fff_weights)),
+    }
+
+
+def time_round(fn, args) -> tuple[float, float]:
+    """Seconds per call and CPU seconds per wall second over >= MIN_ROUND_S of back-to-back calls.
+
+    One untimed call first: the previous variant's buffers are freed in the background after it returns
+    (over 1 GB for the masked form at 16384 tokens), and the unmapping stalls the next call's page faults
+    (measured: 230 ms instead of 30 ms for the custom call right after the masked form).
+    """
+    fn(*args).block_until_ready()
+    calls, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
+    while calls == 0 or time.perf_counter() - wall0 < MIN_ROUND_S:
+        fn(*args).block_until_ready()
+        calls += 1
+    wall = time.perf_counter() - wall0
+    return wall / calls, (time.process_time() - cpu0) / wall
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Times every variant at every token count in this process; prints one JSON line per token count."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for tokens in args.tokens:
+        variants = make_variants(tokens, rng)
+        for fn, fn_args in variants.values():
+            fn(*fn_args).block_until_ready()  # compile and warm up
+        seconds = {name: [] for name in variants}
+        cpu = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, (fn, fn_args) in variants.items():
+                s, c = time_round(fn, fn_args)
+                seconds[name].append(s)
+                cpu[name].append(c)
+        result = {
+            "threads": args.worker,
+            "tokens": tokens,
+            "ms": {n: 1e3 * float(np.median(v)) for n, v in seconds.items()},
+            "ms_spread": {n: [1e3 * min(v), 1e3 * max(v)] for n, v in seconds.items()},
+            "cpu_per_wall": {n: float(np.median(v)) for n, v in cpu.items()},
+        }
+        print(json.dumps(result), flush=True)
+        del variants
+
+
+def run_thread_count(threads: int, args: argparse.Namespace) -> list[dict]:
+    """Runs the worker pinned to `threads` cores with XLA's intra-op pool of that size."""
+    cores = sorted(os.sched_getaffinity(0))[:threads]
+    if len(cores) < threads:
+        raise SystemExit(f"--threads {threads} needs {threads} cores; this process may use {len(cores)}")
+    multi = "true" if threads > 1 else "false"
+    env = {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={multi} intra_op_parallelism_threads={threads}",
+    }
+    cmd = ["taskset", "-c", ",".join(map(str, cores)), sys.executable, __file__, "--worker", str(threads),
+           "--tokens", ",".join(map(str, args.tokens)), "--rounds", str(args.rounds)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"worker for {threads} threads failed:\n{out.stderr[-3000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def table(results: list[dict]) -> str:
+    """Medians (ms), speedup over dense-3072 and CPU/wall (threads actually busy) per variant."""
+    head = f"{'threads':>7} {'tokens':>6} " + " ".join(f"{v:>22}" for v in VARIANTS)
+    lines = [head, " " * 14 + " ".join(f"{'ms (speedup) cpu/wall':>22}" for _ in VARIANTS)]
+    for r in results:
+        cells = []
+        for v in VARIANTS:
+            speedup = r["ms"][BASELINE] / r["ms"][v]
+            cells.append(f"{r['ms'][v]:9.3f} ({speedup:6.1f}x) {r['cpu_per_wall'][v]:3.1f}")
+        lines.append(f"{r['threads']:>7} {r['tokens']:>6} " + " ".join(f"{c:>22}" for c in cells))
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], out: str) -> None:
+    """Speedup over dense-3072 against tokens, one line per variant and thread count."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for threads in sorted({r["threads"] for r in results}):
+        rows = sorted((r for r in results if r["threads"] == threads), key=lambda r: r["tokens"])
+        tokens = [r["tokens"] for r in rows]
+        for variant, style in zip(VARIANTS, ("o-", "s--", "^--", "v:", "d:"), strict=True):
+            if variant == BASELINE:
+                continue
+            speedup = [r["ms"][BASELINE] / r["ms"][variant] for r in rows]
+            ax.plot(tokens, speedup, style, label=f"{variant}, {threads} thread{'s' * (threads > 1)}",
+                    alpha=1.0 if threads == max(r["threads"] for r in results) else 0.5)
+    ax.axhline(TARGET_SPEEDUP, color="gray", lw=0.8, ls="-.", label=f"target {TARGET_SPEEDUP:.0f}x")
+    ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="speedup over XLA dense 768-3072-768",
+           title="UltraFastBERT-1x11 FFF layer on CPU, float32")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+
+
+def main(argv: list[str]) -> None:
+    args = parse(argv)
+    if args.worker is not None:
+        worker(args)
+        return
+    results = [r for threads in args.threads for r in run_thread_count(threads, args)]
+    print(table(results))
+    plot(results, args.out)
+    print(f"plot: {args.out}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
