@@ -128,8 +128,19 @@ def run_thread_count(threads: int, args: argparse.Namespace) -> list[dict]:
         **os.environ,
         "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={multi} intra_op_parallelism_threads={threads}",
     }
-    cmd = ["taskset", "-c", ",".join(map(str, cores)), sys.executable, __file__, "--worker", str(threads),
-           "--tokens", ",".join(map(str, args.tokens)), "--rounds", str(args.rounds)]
+    cmd = [
+        "taskset",
+        "-c",
+        ",".join(map(str, cores)),
+        sys.executable,
+        __file__,
+        "--worker",
+        str(threads),
+        "--tokens",
+        ",".join(map(str, args.tokens)),
+        "--rounds",
+        str(args.rounds),
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"worker for {threads} threads failed:\n{out.stderr[-3000:]}")
@@ -164,11 +175,21 @@ def plot(results: list[dict], out: str) -> None:
             if variant == BASELINE:
                 continue
             speedup = [r["ms"][BASELINE] / r["ms"][variant] for r in rows]
-            ax.plot(tokens, speedup, style, label=f"{variant}, {threads} thread{'s' * (threads > 1)}",
-                    alpha=1.0 if threads == max(r["threads"] for r in results) else 0.5)
+            ax.plot(
+                tokens,
+                speedup,
+                style,
+                label=f"{variant}, {threads} thread{'s' * (threads > 1)}",
+                alpha=1.0 if threads == max(r["threads"] for r in results) else 0.5,
+            )
     ax.axhline(TARGET_SPEEDUP, color="gray", lw=0.8, ls="-.", label=f"target {TARGET_SPEEDUP:.0f}x")
-    ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="speedup over XLA dense 768-3072-768",
-           title="UltraFastBERT-1x11 FFF layer on CPU, float32")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="tokens",
+        ylabel="speedup over XLA dense 768-3072-768",
+        title="UltraFastBERT-1x11 FFF layer on CPU, float32",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
