@@ -150,10 +150,16 @@ def conditional(x, w_in, b_in, w_out) -> jax.Array:
     """Conditional matrix multiplication in pure JAX: O(K * L * H) per token.
 
     The reference every kernel reproduces. x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> [T, H].
+
+    The rows are gathered from float32 copies of the weights: the products are the same (a bfloat16 value
+    is exact in float32 and the sums accumulate in float32 anyway), but the gradient of a gather is a
+    scatter-add over tokens, which must accumulate in float32 too, not in bfloat16.
     """
+    out_dtype = w_out.dtype
+    w_in, w_out = w_in.astype(jnp.float32), w_out.astype(jnp.float32)
     y = jnp.zeros((x.shape[0], x.shape[1]), jnp.float32)
     for tree, node, logit in _walk(x, w_in, b_in):
-        activation = gelu(logit).astype(w_out.dtype)  # [T, K]
+        activation = gelu(logit).astype(out_dtype).astype(jnp.float32)  # [T, K], rounded as the weights
         rows_out = w_out[tree, node]  # [T, K, H] gather
         y = y + jnp.einsum("tk,tkh->th", activation, rows_out, preferred_element_type=jnp.float32)
     return y.astype(x.dtype)
