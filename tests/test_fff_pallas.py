@@ -4,11 +4,13 @@
 ``TestFffPallasInterpret`` reruns the whole suite through Pallas' interpreter on CPU (CI).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from ufbert_jax.kernels import fff_pallas
+from ufbert_jax.kernels import fff_pallas, pallas_math
 
 from tests.test_fff import TOL, draw, unambiguous
 from ufbert_jax import fff
@@ -21,11 +23,17 @@ CASES = [
     (1, 0, 16, 5, F32), (3, 1, 32, 21, BF16), (2, 5, 24, 37, F32), (2, 5, 24, 37, BF16), (1, 11, 32, 19, F32)
 ]  # fmt: skip
 SLOW_CASES = [(1, 0, 16, 5, BF16), (3, 1, 32, 21, F32), (1, 11, 32, 19, BF16)]
-DEFAULT_SIZES_CASES = [(1, 11, 768, 300), (2, 7, 40, 130), (4, 3, 128, 64)]
-# Small tiles, dense top levels and an early sort: few tokens still take several programs and every path.
-SMALL = fff_pallas.BlockSizes(
-    block_tokens=16, block_hidden=16, dense_levels=7, sort_levels=7, sort_min_tokens=16
+# The routed kernel (one tree) with S = 4: U = D - 3 top levels from 1 to the maximum 8; T from one token to
+# several tiles per subtree; H padded (24) and not.
+ROUTED_CASES = [(1, 4, 16, 5, F32), (1, 5, 32, 300, BF16), (1, 6, 24, 37, F32), (1, 11, 32, 200, F32)]
+ROUTED_SLOW_CASES = [(1, 5, 32, 300, F32), (1, 11, 32, 200, BF16), (1, 8, 64, 1000, BF16)]
+DEFAULT_SIZES_CASES = [(1, 11, 768, 300), (1, 11, 768, 8200), (2, 7, 40, 130), (4, 3, 128, 64)]
+# Small tiles: few tokens still take several programs and every path.
+PER_TOKEN = fff_pallas.BlockSizes(routed_min_tokens=None, block_tokens=16, block_hidden=16)
+ROUTED = fff_pallas.BlockSizes(
+    routed_min_tokens=0, routed_float32=True, sub_levels=4, route_tokens=16, tile_tokens=16, block_hidden=16
 )
+BOTH = [pytest.param(PER_TOKEN, id="per_token"), pytest.param(ROUTED, id="routed")]
 
 
 def operands(rng, trees, depth, hidden, tokens, dtype):
@@ -68,7 +76,25 @@ class TestFffPallasGpu:
     )
     def test_matches_conditional(self, rng, trees, depth, hidden, tokens, dtype):
         args = operands(rng, trees, depth, hidden, tokens, dtype)
-        assert_close(self.kernel(*args, sizes=SMALL), reference(*args), dtype)
+        assert_close(self.kernel(*args, sizes=PER_TOKEN), reference(*args), dtype)
+
+    @pytest.mark.parametrize(
+        "trees,depth,hidden,tokens,dtype",
+        [*ROUTED_CASES, *(pytest.param(*case, marks=pytest.mark.slow) for case in ROUTED_SLOW_CASES)],
+    )
+    def test_routed_matches_conditional(self, rng, trees, depth, hidden, tokens, dtype):
+        args = operands(rng, trees, depth, hidden, tokens, dtype)
+        assert fff_pallas.uses_routed(trees, depth, args[0].shape[0], dtype, ROUTED)
+        jaxpr = str(jax.make_jaxpr(lambda *a: self.kernel(*a, sizes=ROUTED))(*args))
+        assert "fff_route" in jaxpr and "fff_subtrees" in jaxpr
+        assert_close(self.kernel(*args, sizes=ROUTED), reference(*args), dtype)
+
+    def test_routed_with_every_token_in_one_subtree(self, rng):
+        """Skewed routing: one subtree gets all tokens (many tiles), every other subtree none."""
+        x, w_in, b_in, w_out = operands(rng, 1, 6, 32, 150, jnp.float32)
+        top_nodes = 2 ** (6 + 1 - ROUTED.sub_levels) - 1
+        b_in = b_in.at[:, :top_nodes].set(-1e3)  # every top logit negative: all tokens turn left
+        assert_close(self.kernel(x, w_in, b_in, w_out, sizes=ROUTED), reference(x, w_in, b_in, w_out), F32)
 
     @pytest.mark.slow
     @pytest.mark.parametrize("dtype", [F32, BF16])
@@ -77,31 +103,35 @@ class TestFffPallasGpu:
         args = operands(rng, trees, depth, hidden, tokens, dtype)
         assert_close(self.kernel(*args), reference(*args), dtype)
 
-    def test_jit_and_vmap(self, rng):
-        x, w_in, b_in, w_out = operands(rng, 1, 4, 32, 20, jnp.float32)
+    @pytest.mark.parametrize("sizes", BOTH)
+    def test_jit_and_vmap(self, rng, sizes):
+        x, w_in, b_in, w_out = operands(rng, 1, 5, 32, 20, jnp.float32)
         batch = jnp.stack([x, x[::-1]])  # [2, T, H]
-        got = jax.jit(jax.vmap(lambda x_: self.kernel(x_, w_in, b_in, w_out, sizes=SMALL)))(batch)
+        got = jax.jit(jax.vmap(lambda x_: self.kernel(x_, w_in, b_in, w_out, sizes=sizes)))(batch)
         assert_close(got, jax.vmap(lambda x_: reference(x_, w_in, b_in, w_out))(batch), jnp.float32)
 
-    def test_gradient_equals_conditional_vjp(self, rng):
-        args = operands(rng, 2, 4, 16, 9, jnp.float32)
+    @pytest.mark.parametrize("sizes", BOTH)
+    def test_gradient_equals_conditional_vjp(self, rng, sizes):
+        args = operands(rng, 1, 5, 16, 9, jnp.float32)
         cotangent = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32)
-        y, vjp = jax.vjp(lambda *a: self.kernel(*a, sizes=SMALL), *args)
+        y, vjp = jax.vjp(lambda *a: self.kernel(*a, sizes=sizes), *args)
         _, vjp_ref = jax.vjp(fff.conditional, *args)  # the same XLA computation as the kernel's backward
         assert_close(y, reference(*args), jnp.float32)
         for got, want in zip(vjp(cotangent), vjp_ref(cotangent), strict=True):
             assert_close(got, want, jnp.float32)
 
-    def test_empty_and_single_token(self, rng):
+    @pytest.mark.parametrize("sizes", BOTH)
+    def test_empty_and_single_token(self, rng, sizes):
         x, w_in, b_in, w_out = operands(rng, 1, 5, 32, 3, jnp.float32)
-        assert self.kernel(x[:0], w_in, b_in, w_out).shape == (0, 32)
+        assert self.kernel(x[:0], w_in, b_in, w_out, sizes=sizes).shape == (0, 32)
         one = (x[:1], w_in, b_in, w_out)
-        assert_close(self.kernel(*one), reference(*one), jnp.float32)
+        assert_close(self.kernel(*one, sizes=sizes), reference(*one), jnp.float32)
 
-    def test_nan_token_routes_left_without_touching_others(self, rng):
+    @pytest.mark.parametrize("sizes", BOTH)
+    def test_nan_token_routes_left_without_touching_others(self, rng, sizes):
         x, w_in, b_in, w_out = operands(rng, 1, 5, 32, 20, jnp.float32)
         x = x.at[3, 0].set(jnp.nan)
-        got, want = self.kernel(x, w_in, b_in, w_out, sizes=SMALL), reference(x, w_in, b_in, w_out)
+        got, want = self.kernel(x, w_in, b_in, w_out, sizes=sizes), reference(x, w_in, b_in, w_out)
         assert np.all(np.isnan(np.asarray(got[3])))
         assert_close(jnp.delete(got, 3, axis=0), jnp.delete(want, 3, axis=0), jnp.float32)
 
@@ -113,6 +143,21 @@ class TestFffPallasGpu:
             self.kernel(x, w_in[:, :6], b_in[:, :6], w_out[:, :6])
         with pytest.raises(ValueError, match="block_tokens=24"):
             fff_pallas.BlockSizes(block_tokens=24)
+        with pytest.raises(ValueError, match="sub_levels=3"):
+            fff_pallas.BlockSizes(sub_levels=3)
+
+    def test_default_sizes_choose_the_kernel_by_shape(self):
+        sizes = fff_pallas.BlockSizes()
+        enough = sizes.routed_min_tokens
+        assert fff_pallas.uses_routed(1, 11, enough, BF16, sizes)
+        assert not fff_pallas.uses_routed(1, 11, enough - 1, BF16, sizes)  # few tokens
+        assert not fff_pallas.uses_routed(1, 11, enough, F32, sizes)  # float32: slow tile products
+        assert fff_pallas.uses_routed(1, 11, enough, F32, dataclasses.replace(sizes, routed_float32=True))
+        assert not fff_pallas.uses_routed(2, 11, enough, BF16, sizes)  # K > 1
+        assert not fff_pallas.uses_routed(1, sizes.sub_levels - 1, enough, BF16, sizes)  # no top level
+        assert not fff_pallas.uses_routed(1, sizes.sub_levels + 8, enough, BF16, sizes)  # > 2^8 subtrees
+        never = dataclasses.replace(sizes, routed_min_tokens=None)
+        assert not fff_pallas.uses_routed(1, 11, enough, BF16, never)
 
     def test_auto_picks_the_kernel_on_gpu(self):
         if self.INTERPRET:
@@ -128,18 +173,21 @@ class TestFffPallasInterpret(TestFffPallasGpu):
     INTERPRET = True
 
 
-@pytest.mark.parametrize(
-    "sizes",
-    [
-        pytest.param(fff_pallas.BlockSizes(), id="default"),
-        pytest.param(
-            fff_pallas.BlockSizes(dense_levels=7, sort_levels=7, sort_min_tokens=0),
-            id="dense-sorted",
-            marks=pytest.mark.slow,
-        ),
-    ],
-)
-def test_lowers_for_an_h200_on_any_host(sizes):
+def test_gelu_matches_jax_far_into_the_tails(rng):
+    """The kernels' erfc-based GELU (Triton has no erf) against jax.nn.gelu, tails and specials included."""
+    specials = [0.0, -0.0, 1e30, -1e30, np.nan, np.inf, -np.inf]
+    z = np.concatenate([rng.uniform(-12, 12, 100_000), rng.uniform(-1e4, 1e4, 1000), specials])
+    z = jnp.asarray(z, jnp.float32)
+    got, want = np.asarray(pallas_math.gelu(z)), np.asarray(jax.nn.gelu(z, approximate=False))
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=2e-6, atol=1e-6)
+    far_left = finite & (np.asarray(z) < -20)  # exactly zero, as the reference (no 1 + erf cancellation)
+    assert far_left.sum() > 100 and np.all(got[far_left] == 0.0) and np.all(want[far_left] == 0.0)
+
+
+@pytest.mark.parametrize("tokens", [300, 8192], ids=["per_token", "routed"])
+def test_lowers_for_an_h200_on_any_host(tokens):
     """The Triton lowering (not its compilation) of 1x11 at H=768, checked without a GPU via jax.export."""
     device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=None, platform="cuda")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
@@ -147,13 +195,13 @@ def test_lowers_for_an_h200_on_any_host(sizes):
     shapes = [
         jax.ShapeDtypeStruct(shape, dtype)
         for shape, dtype in [
-            ((300, hidden), jnp.bfloat16),
+            ((tokens, hidden), jnp.bfloat16),
             ((1, nodes, hidden), jnp.bfloat16),
             ((1, nodes), jnp.float32),
             ((1, nodes, hidden), jnp.bfloat16),
         ]
     ]
-    kernel = jax.jit(lambda *a: fff_pallas.fff_pallas(*a, sizes=sizes, interpret=False))
+    kernel = jax.jit(lambda *a: fff_pallas.fff_pallas(*a, interpret=False))
     triton_call = "__gpu$xla.gpu.triton"  # no stability guarantee across jax versions: fine for a check
     unchecked = [jax.export.DisabledSafetyCheck.custom_call(triton_call)]
     with jax.sharding.use_abstract_mesh(mesh):

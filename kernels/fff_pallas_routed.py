@@ -1,0 +1,257 @@
+"""Routed FFF inference for one tree on GPU: tokens grouped by subtree, every product a tile product.
+
+Shape legend: T tokens, Hp hidden (a multiple of HC), N = 2^(D+1) - 1 nodes, D depth, S bottom levels per
+subtree (``sub_levels``), U = D + 1 - S top levels, B = 2^U subtrees ("buckets"), P = max(16, 2^U) columns
+of the routing tile, SW = 2^S columns of a subtree tile (its 2^S - 1 nodes and one idle column),
+A = 16 >= U columns of top activations, TR tokens per routing program, TB tokens per subtree tile,
+HC hidden columns per chunk, Tr = T rounded up to TR.
+
+The per-token kernel (``fff_pallas``) gathers two weight rows per token and level: at 16384 tokens that is
+590 MB of L2 traffic per call, its limit. Here tokens that share nodes share the rows, in three steps:
+
+1. route (Pallas): a program takes TR consecutive tokens, computes the logits of the top 2^U - 1 nodes as
+   one [TR, Hp] x [Hp, P] tile product (a loop over hidden chunks), walks U levels and writes per token
+   its U top activations and its id into the bucket-major table ``members[bucket, slot]``: bucket is the
+   level-U node it reached (as an offset within that level), slot its rank among the bucket's tokens. The
+   program adds its [B] histogram to the global counts with one vector atomic add; the counts before the
+   add are its base in each bucket.
+2. subtree tiles (Pallas): work item w is the w-th run of at most TB tokens of one bucket (found in-kernel
+   from the counts); the program gathers their x rows, computes the logits of the subtree's 2^S - 1 nodes
+   as one [TB, Hp] x [Hp, SW] product, walks S levels, and writes
+   y = A_top W_out[top path rows] + A_sub W_out[subtree rows], two tile products per hidden chunk: every
+   token of a bucket has the same top path.
+
+So x is read twice and y written once; weights are read once per program (P rows per routing program,
+SW + A + SW rows per tile), never per token. Between the two kernels there is no sort and no XLA op but
+the zeroing of B counters: the table has room for every token in every bucket ([B, T + TR] int32, 512
+bytes per token at B = 128, a third of a bf16 x row; only T entries are written and read).
+
+The slots depend on the order in which programs run, so the token order inside a bucket varies between
+calls, but no result does: every row of a tile product is computed from that row alone. Lanes of a tile
+past its run repeat the run's last token (the same values stored to the same row), so no store is masked.
+
+The counters are float32 (exact below 2^24 tokens): jax 0.11.2's Triton lowering of ``atomic_add`` picks
+the float add for every vector operand (it tests ``val.type`` for an integer type, which a tensor type never
+is), so integer counts came back as zero on the H200.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from .pallas_math import MIN_DOT, dot, gelu, next_node, pick, round_up
+
+MAX_TOP_LEVELS = 8  # U: the [TR, B] bucket one-hot and the [TR, P] routing tile live in registers
+TOP_COLUMNS = 16  # A: top activations per token, zero past U (a tile dimension, so >= 16)
+
+
+def applies(trees: int, depth: int, sub_levels: int) -> bool:
+    """Whether the routed kernel serves this tree shape: one tree, 1 <= U <= MAX_TOP_LEVELS."""
+    return trees == 1 and 1 <= depth + 1 - sub_levels <= MAX_TOP_LEVELS
+
+
+def _route_kernel(x_ref, w_in_ref, b_ref, counts_in_ref, members_ref, acts_ref, counts_ref, *, tokens,
+                  top_levels, route_tokens, block_hidden):  # fmt: skip
+    """One program: TR consecutive tokens through the top U levels.
+
+    x_ref [T, Hp]; w_in_ref [N, Hp]; b_ref [N] float32; counts_in_ref = counts_ref [B] float32 (aliased:
+    zero on entry, tokens per bucket on exit); members_ref [B, T + TR] int32; acts_ref [Tr, A] float32.
+    """
+    del counts_in_ref  # the same buffer as counts_ref
+    buckets = 2**top_levels
+    width = max(MIN_DOT, buckets)  # P: rows 0 .. P-1 are the top nodes, then nodes whose logits go unused
+    first = pl.program_id(0) * route_tokens
+    lane = lax.broadcasted_iota(jnp.int32, (route_tokens,), 0)
+    token = first + lane  # [TR]
+    valid = token < tokens
+
+    def add_chunk(chunk, logits):
+        columns = pl.ds(pl.multiple_of(chunk * block_hidden, block_hidden), block_hidden)
+        if tokens % route_tokens:  # ragged: rows past T compute on a real token, never counted
+            x = x_ref[jnp.minimum(token, tokens - 1), columns]  # [TR, HC] row gather
+        else:
+            x = x_ref[pl.ds(first, route_tokens), columns]  # [TR, HC] block
+        return logits + dot(x, w_in_ref[pl.ds(0, width), columns], trans_b=True)  # [TR, HC] x [P, HC]^T
+
+    chunks = x_ref.shape[1] // block_hidden
+    logits = lax.fori_loop(0, chunks, add_chunk, jnp.zeros((route_tokens, width), jnp.float32))
+    logits = logits + b_ref[pl.ds(0, width)][None, :]  # [TR, P]
+    level_column = lax.broadcasted_iota(jnp.int32, (route_tokens, TOP_COLUMNS), 1)
+    acts = jnp.zeros((route_tokens, TOP_COLUMNS), jnp.float32)  # [TR, A]
+    node = jnp.zeros((route_tokens,), jnp.int32)  # [TR], every token starts at the root
+    for level in range(top_levels):
+        logit = pick(logits, node)  # [TR]
+        acts = jnp.where(level_column == level, gelu(logit)[:, None], acts)
+        node = next_node(node, logit)
+    bucket = node - (buckets - 1)  # [TR] offset of the level-U node within its level: 0 .. B-1
+    acts_ref[pl.ds(first, route_tokens), :] = acts
+
+    bucket_ids = lax.broadcasted_iota(jnp.int32, (route_tokens, buckets), 1)
+    member = (bucket[:, None] == bucket_ids) & valid[:, None]  # [TR, B]
+    counted = plgpu.atomic_add(counts_ref, pl.ds(0, buckets), jnp.sum(member.astype(jnp.float32), axis=0))
+    base = jnp.broadcast_to(counted.astype(jnp.int32)[None, :], (route_tokens, buckets))  # [TR, B]
+    row = lax.broadcasted_iota(jnp.int32, (route_tokens, route_tokens), 0)
+    column = lax.broadcasted_iota(jnp.int32, (route_tokens, route_tokens), 1)
+    earlier = (bucket[:, None] == bucket[None, :]) & (column < row)  # [TR, TR]: same bucket, earlier token
+    slot = pick(base, bucket) + jnp.sum(earlier.astype(jnp.int32), axis=1)  # [TR]
+    # Padding lanes (past T, last program only) write their own cells past every bucket's T slots.
+    plgpu.store(
+        members_ref.at[jnp.where(valid, bucket, 0), jnp.where(valid, slot, tokens + lane)],
+        token,
+    )
+
+
+def _subtree_rows(bucket, top_levels: int, sub_levels: int) -> jax.Array:
+    """[SW] row ids of the subtree below level-U node `bucket` in heap order, then its root again (idle).
+
+    Local node i at subtree level j (2^j - 1 <= i < 2^(j+1) - 1) is global node
+    2^(U+j) - 1 + bucket * 2^j + (i - (2^j - 1)); local children are 2i+1 and 2i+2, as in the tree.
+    """
+    local = lax.broadcasted_iota(jnp.int32, (2**sub_levels,), 0)
+    rows = jnp.zeros_like(local) + (2**top_levels - 1) + bucket  # the idle last column: the root
+    for level in range(sub_levels):
+        level_start = 2**level - 1
+        inside = (local >= level_start) & (local < 2 * level_start + 1)
+        node = 2 ** (top_levels + level) - 1 + bucket * 2**level + local - level_start
+        rows = jnp.where(inside, node, rows)
+    return rows
+
+
+def _path_rows(bucket, top_levels: int) -> jax.Array:
+    """[A] row ids of the top path to level-U node `bucket` (levels 0 .. U-1), then row 0 (activation 0)."""
+    level = lax.broadcasted_iota(jnp.int32, (TOP_COLUMNS,), 0)
+    rows = jnp.zeros_like(level)
+    for above in range(top_levels):
+        ancestor = 2**above - 1 + jnp.right_shift(bucket, top_levels - above)
+        rows = jnp.where(level == above, ancestor, rows)
+    return rows
+
+
+def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_out_ref, y_ref, *,
+                 top_levels, sub_levels, tile_tokens, block_hidden):  # fmt: skip
+    """One work item: up to TB tokens of one bucket through its subtree, writing their y rows.
+
+    counts_ref [B] float32; members_ref [B, T + TR] int32 token ids by bucket; acts_ref [Tr, A] float32;
+    x_ref, y_ref [T, Hp]; w_in_ref, w_out_ref [N, Hp]; b_ref [N] float32.
+    """
+    buckets, width = 2**top_levels, 2**sub_levels
+    counts = counts_ref[pl.ds(0, buckets)].astype(jnp.int32)  # [B]
+    runs = (counts + tile_tokens - 1) // tile_tokens  # [B] work items per bucket
+    runs_end = jnp.cumsum(runs)  # [B]
+    work = pl.program_id(0)
+    bucket = jnp.sum((runs_end <= work).astype(jnp.int32))  # B when this program has no work
+
+    @pl.when(bucket < buckets)
+    def _():
+        run = work - (pick(runs_end, bucket) - pick(runs, bucket))  # index of this run within its bucket
+        count = jnp.minimum(pick(counts, bucket) - run * tile_tokens, tile_tokens)  # 1 .. TB
+        lane = lax.broadcasted_iota(jnp.int32, (tile_tokens,), 0)
+        token = members_ref[bucket, run * tile_tokens + jnp.minimum(lane, count - 1)]  # [TB]
+        sub_rows = _subtree_rows(bucket, top_levels, sub_levels)  # [SW]
+        top_rows = _path_rows(bucket, top_levels)  # [A]
+        chunks = x_ref.shape[1] // block_hidden
+
+        def add_chunk(chunk, logits):
+            columns = pl.ds(pl.multiple_of(chunk * block_hidden, block_hidden), block_hidden)
+            # [TB, HC] x [SW, HC]^T
+            return logits + dot(x_ref[token, columns], w_in_ref[sub_rows, columns], trans_b=True)
+
+        logits = lax.fori_loop(0, chunks, add_chunk, jnp.zeros((tile_tokens, width), jnp.float32))
+        logits = logits + b_ref[sub_rows][None, :]  # [TB, SW]
+        column = lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+        node = jnp.zeros((tile_tokens,), jnp.int32)  # [TB] local heap id, from the subtree root
+        on_path = column < 0  # [TB, SW] all False
+        for _ in range(sub_levels):
+            hit = column == node[:, None]
+            on_path = on_path | hit
+            node = next_node(node, jnp.sum(jnp.where(hit, logits, 0.0), axis=1))
+        # Activations rounded to the weights' dtype before the output products (fff.py's numerics).
+        sub_acts = jnp.where(on_path, gelu(logits), 0.0).astype(w_out_ref.dtype)  # [TB, SW]
+        top_acts = acts_ref[token, pl.ds(0, TOP_COLUMNS)].astype(w_out_ref.dtype)  # [TB, A]
+
+        def store_chunk(chunk, carry):
+            start = pl.multiple_of(chunk * block_hidden, block_hidden)
+            columns = pl.ds(start, block_hidden)
+            y = dot(top_acts, w_out_ref[top_rows, columns]) + dot(sub_acts, w_out_ref[sub_rows, columns])
+            # Both indices as arrays: a row scatter that the interpreter can discharge too.
+            column_ids = start + lax.broadcasted_iota(jnp.int32, (1, block_hidden), 1)  # [1, HC]
+            plgpu.store(y_ref.at[token[:, None], column_ids], y.astype(y_ref.dtype))
+            return carry
+
+        lax.fori_loop(0, chunks, store_chunk, 0)
+
+
+def _capped(block: int, tokens: int) -> int:
+    """A block of tokens no larger than T rounded up to a power of 2 (>= 16): small calls, small tiles."""
+    return min(block, 1 << max(MIN_DOT - 1, tokens - 1).bit_length())
+
+
+def route(x, w_in, b_in, *, sub_levels: int, route_tokens: int, route_warps: int, block_hidden: int,
+          num_stages: int, interpret: bool):  # fmt: skip
+    """Step 1: (members [B, T + TR] int32 token ids by bucket, acts [Tr, A] float32, counts [B] float32).
+
+    x [T, Hp]; w_in [N, Hp]; b_in [N] float32.
+    """
+    tokens = x.shape[0]
+    top_levels = w_in.shape[0].bit_length() - sub_levels  # D + 1 - S, as N = 2^(D+1) - 1
+    buckets = 2**top_levels
+    route_tokens = _capped(route_tokens, tokens)
+    padded = round_up(tokens, route_tokens)
+    kernel = functools.partial(
+        _route_kernel,
+        tokens=tokens,
+        top_levels=top_levels,
+        route_tokens=route_tokens,
+        block_hidden=block_hidden,
+    )
+    return pl.pallas_call(
+        kernel,
+        out_shape=(
+            jax.ShapeDtypeStruct((buckets, tokens + route_tokens), jnp.int32),  # members
+            jax.ShapeDtypeStruct((padded, TOP_COLUMNS), jnp.float32),  # top activations
+            jax.ShapeDtypeStruct((buckets,), jnp.float32),  # counts
+        ),
+        grid=(padded // route_tokens,),
+        input_output_aliases={3: 2},
+        compiler_params=plgpu.CompilerParams(num_warps=route_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="fff_route",
+    )(x, w_in, b_in, jnp.zeros((buckets,), jnp.float32))
+
+
+def forward(x, w_in, b_in, w_out, *, sub_levels: int, route_tokens: int, route_warps: int, tile_tokens: int,
+            tile_warps: int, block_hidden: int, num_stages: int, interpret: bool) -> jax.Array:  # fmt: skip
+    """y [T, Hp] from x [T, Hp], w_in, w_out [N, Hp], b_in [N] float32 (one tree; Hp a multiple of HC).
+
+    route_tokens, tile_tokens: TR and TB, capped at the token count rounded up to a power of 2 (>= 16).
+    """
+    members, acts, counts = route(
+        x, w_in, b_in, sub_levels=sub_levels, route_tokens=route_tokens, route_warps=route_warps,
+        block_hidden=block_hidden, num_stages=num_stages, interpret=interpret,
+    )  # fmt: skip
+    tokens = x.shape[0]
+    top_levels = w_in.shape[0].bit_length() - sub_levels
+    tile_tokens = _capped(tile_tokens, tokens)
+    # Runs of at most TB tokens: sum over buckets of ceil(count / TB) <= (T + B (TB - 1)) / TB.
+    work_items = (tokens + 2**top_levels * (tile_tokens - 1)) // tile_tokens
+    kernel = functools.partial(
+        _tile_kernel,
+        top_levels=top_levels,
+        sub_levels=sub_levels,
+        tile_tokens=tile_tokens,
+        block_hidden=block_hidden,
+    )
+    return pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
+        grid=(work_items,),
+        compiler_params=plgpu.CompilerParams(num_warps=tile_warps, num_stages=num_stages),
+        interpret=interpret,
+        name="fff_subtrees",
+    )(counts, members, acts, x, w_in, b_in, w_out)
