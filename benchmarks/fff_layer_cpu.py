@@ -1,6 +1,7 @@
 """FFF layer on CPU: the XLA custom call vs XLA's dense feedforward, UltraFastBERT-1x11 shapes, float32.
 
-    python benchmarks/fff_layer.py cpu [--tokens 1,128,2048,16384] [--threads 1,2] [--rounds 3] [--out PNG]
+    python benchmarks/fff_layer.py cpu [--tokens 1,128,2048,16384] [--threads 1,2] [--rounds 3]
+                                       [--timing loop|call] [--out PNG]
 
 Variants, timed side by side in one process per thread count (interleaved round by round, so load on a
 shared machine hits them alike): the custom call (``fff_cpu``), the dense 768->3072->768 and 768->4095->768
@@ -9,8 +10,24 @@ GELU feedforwards (biases on both layers, as in crammed BERT), and the pure-JAX 
 with XLA's intra-op pool set by ``XLA_FLAGS`` (``--xla_cpu_multi_thread_eigen`` and
 ``intra_op_parallelism_threads``); the table shows the measured CPU time / wall time of each variant, i.e.
 how many threads actually ran. Prints medians (ms) and speedups over dense-3072, saves a plot of speedup
-against tokens to ``--out``. Expected: the custom call ~100x dense-3072 at 16384 tokens on 2 threads
-(docs/cpu_kernel.md has the measured numbers and machine).
+against tokens to ``--out``. Expected at 16384 tokens on 2 threads: the custom call over 100x dense-3072
+with loop timing, about 100x with call timing (docs/cpu_kernel.md has the measured numbers and machine).
+
+Two timing modes (``--timing``), the same for every variant:
+
+- ``loop`` (default): chained calls inside one jitted ``lax.fori_loop`` (benchmarks/timing.py, the method of
+  the GPU benchmark), each call's output feeding a tiny operand of the next through an optimization
+  barrier, cycling through ROTATE input sets; x passes through the barrier too (``tie_x``), else XLA hoists
+  the dense forms' matmuls out of the loop (measured: dense-3072 at 128 tokens, 2 threads, 1.5 ms instead
+  of 20 ms: only the output bias add, the chained operand, stayed in the loop). Host dispatch is paid once
+  per loop, and XLA allocates the program's buffers (y included) once per loop, so the pages of y are
+  faulted in and zeroed by the OS once and then reused. That is how the layer runs inside a jitted model,
+  where XLA's buffer assignment places y in the program's reused scratch memory; hence the default.
+- ``call``: one jitted call per Python call, back to back. Each call pays the host dispatch (tens of
+  microseconds: it dominates at 1 token) and a fresh top-level output buffer from XLA, which the OS zeroes
+  on first touch. That is a standalone op called from Python; the fresh 50 MB y at 16384 tokens costs the
+  custom call about a fifth of its time (about 5 ms on 2 threads) and the dense forms, which run 100 times
+  longer, hardly anything.
 """
 
 from __future__ import annotations
@@ -27,7 +44,14 @@ HIDDEN, TREES, DEPTH = 768, 1, 11  # UltraFastBERT-1x11
 VARIANTS = ("fff_cpu", "dense3072", "dense4095", "conditional", "masked")
 BASELINE = "dense3072"
 TARGET_SPEEDUP = 100.0
-MIN_ROUND_S = 0.2  # each round repeats a variant until this much time has passed (at least once)
+TIMINGS = ("loop", "call")
+MIN_ROUND_S = 0.2  # call mode: each round repeats a variant until this much time has passed (at least once)
+# Loop mode: input sets cycled through (two x of 2048 or more tokens exceed the 8 MB L3), and the wall time of
+# one timed loop (at least one turn), long enough that the loop's one allocation of y is amortised over many
+# calls of the fast variants.
+ROTATE = 2
+LOOP_S = 0.5
+MAX_TURNS = 100_000
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -36,16 +60,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--tokens", type=ints, default=[1, 128, 2048, 16384])
     parser.add_argument("--threads", type=ints, default=[1, 2])
     parser.add_argument("--rounds", type=int, default=3, help="timed rounds per variant (median reported)")
+    parser.add_argument("--timing", choices=TIMINGS, default="loop", help="see the module docstring")
     parser.add_argument("--out", default="docs/fff_layer_cpu.png")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # internal: one thread count
     return parser.parse_args(argv)
 
 
 def make_variants(tokens: int, rng) -> dict[str, tuple]:
-    """Every variant as (jitted forward, its arguments): x [T, H] first, then its weights.
+    """Every variant as (op, xs, params): op(x, small, *rest) -> y [T, H] with params = (small, *rest).
 
-    Weights are arguments, not closed-over constants, so that XLA cannot constant-fold them into the
-    compiled program (it tries, for the gathers of the conditional form).
+    xs holds ROTATE input sets x [T, H]. The small operand (a bias) comes first, as benchmarks/timing.py
+    chains it from call to call. Weights are arguments, not closed-over constants, so that XLA cannot
+    constant-fold them into the compiled program (it tries, for the gathers of the conditional form).
     """
     import jax
     import jax.numpy as jnp
@@ -58,20 +84,23 @@ def make_variants(tokens: int, rng) -> dict[str, tuple]:
     def normal(*shape):
         return jnp.asarray(0.02 * rng.standard_normal(shape), jnp.float32)
 
-    def dense_ff(x, w1, b1, w2, b2):
+    def dense_ff(x, b2, w1, b1, w2):
         return jax.nn.gelu(x @ w1 + b1, approximate=False) @ w2 + b2
 
-    def dense_weights(width):
-        return normal(HIDDEN, width), normal(width), normal(width, HIDDEN), normal(HIDDEN)
+    def dense_params(width):
+        return normal(HIDDEN), normal(HIDDEN, width), normal(width), normal(width, HIDDEN)
 
-    x = jnp.asarray(rng.standard_normal((tokens, HIDDEN)), jnp.float32)  # [T, H]
-    fff_weights = normal(TREES, nodes, HIDDEN), normal(TREES, nodes), normal(TREES, nodes, HIDDEN)
+    def fff_op(impl):
+        return lambda x, b_in, w_in, w_out: impl(x, w_in, b_in, w_out)
+
+    xs = [jnp.asarray(rng.standard_normal((tokens, HIDDEN)), jnp.float32) for _ in range(ROTATE)]
+    fff_params = normal(TREES, nodes), normal(TREES, nodes, HIDDEN), normal(TREES, nodes, HIDDEN)
     return {
-        "fff_cpu": (jax.jit(fff_cpu.fff_cpu), (x, *fff_weights)),
-        "dense3072": (jax.jit(dense_ff), (x, *dense_weights(3072))),
-        "dense4095": (jax.jit(dense_ff), (x, *dense_weights(4095))),
-        "conditional": (jax.jit(fff.conditional), (x, *fff_weights)),
-        "masked": (jax.jit(fff.masked), (x, *fff_weights)),
+        "fff_cpu": (fff_op(fff_cpu.fff_cpu), xs, fff_params),
+        "dense3072": (dense_ff, xs, dense_params(3072)),
+        "dense4095": (dense_ff, xs, dense_params(4095)),
+        "conditional": (fff_op(fff.conditional), xs, fff_params),
+        "masked": (fff_op(fff.masked), xs, fff_params),
     }
 
 
@@ -91,31 +120,59 @@ def time_round(fn, args) -> tuple[float, float]:
     return wall / calls, (time.process_time() - cpu0) / wall
 
 
+def call_timer(op, xs, params):
+    """Call mode: a round of jit(op)(x, *params) calls; compiles and warms up first."""
+    import jax
+
+    fn, args = jax.jit(op), (xs[0], *params)
+    fn(*args).block_until_ready()
+    return lambda: time_round(fn, args)
+
+
+def loop_timer(op, xs, params):
+    """Loop mode: a round is one timed loop of chained calls (benchmarks/timing.py); compiles and warms up.
+
+    One untimed turn first, for the reason given in time_round: each loop allocates its buffers afresh,
+    and right after the masked form their page faults stalled the custom call's loop by about 240 ms.
+    """
+    import timing
+
+    loop = timing.ChainedLoop(op, xs, params, ROTATE, LOOP_S, MAX_TURNS)
+
+    def sample() -> tuple[float, float]:
+        loop.run(1)
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        seconds = loop.sample()
+        return seconds, (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+
+    return sample
+
+
 def worker(args: argparse.Namespace) -> None:
     """Times every variant at every token count in this process; prints one JSON line per token count."""
     import numpy as np
 
     rng = np.random.default_rng(0)
+    make_timer = {"loop": loop_timer, "call": call_timer}[args.timing]
     for tokens in args.tokens:
-        variants = make_variants(tokens, rng)
-        for fn, fn_args in variants.values():
-            fn(*fn_args).block_until_ready()  # compile and warm up
-        seconds = {name: [] for name in variants}
-        cpu = {name: [] for name in variants}
+        timers = {name: make_timer(*variant) for name, variant in make_variants(tokens, rng).items()}
+        seconds = {name: [] for name in timers}
+        cpu = {name: [] for name in timers}
         for _ in range(args.rounds):
-            for name, (fn, fn_args) in variants.items():
-                s, c = time_round(fn, fn_args)
+            for name, sample in timers.items():
+                s, c = sample()
                 seconds[name].append(s)
                 cpu[name].append(c)
         result = {
             "threads": args.worker,
             "tokens": tokens,
+            "timing": args.timing,
             "ms": {n: 1e3 * float(np.median(v)) for n, v in seconds.items()},
             "ms_spread": {n: [1e3 * min(v), 1e3 * max(v)] for n, v in seconds.items()},
             "cpu_per_wall": {n: float(np.median(v)) for n, v in cpu.items()},
         }
         print(json.dumps(result), flush=True)
-        del variants
+        del timers
 
 
 def run_thread_count(threads: int, args: argparse.Namespace) -> list[dict]:
@@ -140,6 +197,8 @@ def run_thread_count(threads: int, args: argparse.Namespace) -> list[dict]:
         ",".join(map(str, args.tokens)),
         "--rounds",
         str(args.rounds),
+        "--timing",
+        args.timing,
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
@@ -150,7 +209,8 @@ def run_thread_count(threads: int, args: argparse.Namespace) -> list[dict]:
 def table(results: list[dict]) -> str:
     """Medians (ms), speedup over dense-3072 and CPU/wall (threads actually busy) per variant."""
     head = f"{'threads':>7} {'tokens':>6} " + " ".join(f"{v:>22}" for v in VARIANTS)
-    lines = [head, " " * 14 + " ".join(f"{'ms (speedup) cpu/wall':>22}" for _ in VARIANTS)]
+    units = " " * 14 + " ".join(f"{'ms (speedup) cpu/wall':>22}" for _ in VARIANTS)
+    lines = [f"timing: {results[0]['timing']}", head, units]
     for r in results:
         cells = []
         for v in VARIANTS:
@@ -188,7 +248,7 @@ def plot(results: list[dict], out: str) -> None:
         yscale="log",
         xlabel="tokens",
         ylabel="speedup over XLA dense 768-3072-768",
-        title="UltraFastBERT-1x11 FFF layer on CPU, float32",
+        title=f"UltraFastBERT-1x11 FFF layer on CPU, float32, {results[0]['timing']} timing",
     )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)

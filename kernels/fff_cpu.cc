@@ -155,6 +155,8 @@ struct Vec {
   Vec operator+(Vec o) const { return {_mm512_add_ps(v, o.v)}; }
   float Sum() const { return _mm512_reduce_add_ps(v); }
   void StoreFloats(float* p) const { _mm512_storeu_ps(p, v); }
+  void StreamFloats(float* p) const { _mm512_stream_ps(p, v); }  // p aligned to 64 bytes
+  static void StreamFence() { _mm_sfence(); }
 };
 #elif defined(__AVX2__) && defined(__FMA__)
 struct Vec {
@@ -175,6 +177,8 @@ struct Vec {
     return _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps(pair, pair, 1)));
   }
   void StoreFloats(float* p) const { _mm256_storeu_ps(p, v); }
+  void StreamFloats(float* p) const { _mm256_stream_ps(p, v); }  // p aligned to 32 bytes
+  static void StreamFence() { _mm_sfence(); }
 };
 #else
 // Portable fallback (width 1): the same blocked loops, left to the compiler's auto-vectoriser.
@@ -191,6 +195,8 @@ struct Vec {
   Vec operator+(Vec o) const { return {v + o.v}; }
   float Sum() const { return v; }
   void StoreFloats(float* p) const { *p = v; }
+  void StreamFloats(float* p) const { *p = v; }
+  static void StreamFence() {}
 };
 #endif
 
@@ -208,11 +214,27 @@ void Store<float>(Vec v, float* p) {
   v.StoreFloats(p);
 }
 
+// Store of a finished output vector. `stream`: a non-temporal store (float32 only; p aligned to the vector
+// width), which writes the line without reading it first: y is written once and not read back here, and
+// skipping that read saved about 2 of 27 ms at 16384 tokens (docs/cpu_kernel.md). Non-temporal stores are
+// weakly ordered: the writer calls Vec::StreamFence() before its work counts as done.
+template <typename T>
+void Put(Vec v, T* p, bool stream) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (stream) {
+      v.StreamFloats(p);
+      return;
+    }
+  }
+  Store(v, p);
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Plain functions: the arithmetic on one weight row.
 
 // Dot products of R token rows with one weight row: out[r] = xs[r] . w, in float32. Loading w once for R
-// tokens halves the loads per FMA (the dot is load-bound), two accumulators per token hide FMA latency.
+// tokens cuts the loads per FMA to (R + 1) / R (the dot is load-bound), two accumulators per token hide FMA
+// latency. Every R sums a token's products in the same order, so a logit does not depend on its block.
 template <int R, typename T>
 void DotBlock(const T* w, const T* const* xs, int64_t hidden, float* out) {
   Vec acc[R][2];
@@ -238,10 +260,11 @@ void DotBlock(const T* w, const T* const* xs, int64_t hidden, float* out) {
 
 // Output of R tokens that share one tree path of `levels` rows: out[r] (+)= sum_l acts[r][l] * rows[l],
 // accumulated in float32 registers and written once. Each row is loaded once for the R tokens, so FMAs
-// outnumber loads. Out is y's dtype, or float32 for the K > 1 accumulator (`add`: add to what is there).
+// outnumber loads. Out is y's dtype, or float32 for the K > 1 accumulator (`add`: add to what is there;
+// `stream`: see Put).
 template <int R, typename T, typename Out>
 void OutputBlock(const T* const* rows, const float* const* acts, int64_t levels, int64_t hidden,
-                 Out* const* out, bool add) {
+                 Out* const* out, bool add, bool stream) {
   int64_t i = 0;
   for (; i + 2 * kW <= hidden; i += 2 * kW) {
     Vec acc[R][2];
@@ -258,15 +281,15 @@ void OutputBlock(const T* const* rows, const float* const* acts, int64_t levels,
       }
     }
     for (int r = 0; r < R; ++r) {
-      Store(acc[r][0], out[r] + i);
-      Store(acc[r][1], out[r] + i + kW);
+      Put(acc[r][0], out[r] + i, stream);
+      Put(acc[r][1], out[r] + i + kW, stream);
     }
   }
   for (; i + kW <= hidden; i += kW) {
     for (int r = 0; r < R; ++r) {
       Vec acc = add ? Vec::Load(out[r] + i) : Vec::Zero();
       for (int64_t l = 0; l < levels; ++l) acc = Vec::Fma(Vec::Splat(acts[r][l]), Vec::Load(rows[l] + i), acc);
-      Store(acc, out[r] + i);
+      Put(acc, out[r] + i, stream);
     }
   }
   for (; i < hidden; ++i) {
@@ -276,6 +299,28 @@ void OutputBlock(const T* const* rows, const float* const* acts, int64_t levels,
       out[r][i] = FromFloat<Out>(acc);
     }
   }
+}
+
+// Calls block(i, std::integral_constant<int, R>{}) for blocks [i, i + R) that cover [0, m): kMax tokens
+// each, then one block of the m % kMax left over. R is a compile-time constant, so the last block is as
+// unrolled as the others: groups at the last levels hold about 8 tokens, and a one-token block is a
+// latency-bound chain of FMAs.
+template <int R, typename Block>
+void LastBlock(int64_t i, int64_t rest, const Block& block) {
+  if constexpr (R > 0) {
+    if (rest == R) {
+      block(i, std::integral_constant<int, R>{});
+    } else {
+      LastBlock<R - 1>(i, rest, block);
+    }
+  }
+}
+
+template <int kMax, typename Block>
+void ForEachBlock(int64_t m, const Block& block) {
+  int64_t i = 0;
+  for (; i + kMax <= m; i += kMax) block(i, std::integral_constant<int, kMax>{});
+  LastBlock<kMax - 1>(i, m - i, block);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -360,17 +405,14 @@ struct Problem {
 // Logits of the tokens idx[0..m) against one w_in row (+ bias): z [m] float32.
 template <typename T, typename TB>
 void GroupLogits(const Problem<T, TB>& p, const T* w, float bias, const int32_t* idx, int64_t m, float* z) {
-  constexpr int kBlock = 4;
-  const T* xs[kBlock];
-  int64_t i = 0;
-  for (; i + kBlock <= m; i += kBlock) {
-    for (int r = 0; r < kBlock; ++r) xs[r] = p.x + idx[i + r] * p.hidden;
-    DotBlock<kBlock>(w, xs, p.hidden, z + i);
-  }
-  for (; i < m; ++i) {
-    xs[0] = p.x + idx[i] * p.hidden;
-    DotBlock<1>(w, xs, p.hidden, z + i);
-  }
+  // Six tokens per row load: 12 accumulators and 2 row vectors take 14 of AVX2's 16 registers; measured in
+  // L1/L2 at 1.37 cycles per FMA against 1.53 for four tokens.
+  ForEachBlock<6>(m, [&](int64_t i, auto size) {
+    constexpr int R = decltype(size)::value;
+    const T* xs[R];
+    for (int r = 0; r < R; ++r) xs[r] = p.x + idx[i + r] * p.hidden;
+    DotBlock<R>(w, xs, p.hidden, z + i);
+  });
   for (int64_t j = 0; j < m; ++j) z[j] += bias;
 }
 
@@ -418,25 +460,19 @@ void Descend(const Problem<T, TB>& p, float* acts, int64_t tree, int64_t level, 
 // per block of four tokens.
 template <typename T, typename TB, typename Out>
 void GroupOutput(const Problem<T, TB>& p, const float* acts, int64_t tree, int64_t leaf, const int32_t* idx,
-                 int64_t m, Out* out, bool add) {
+                 int64_t m, Out* out, bool add, bool stream) {
   const T* rows[kMaxLevels];
   for (int64_t l = p.levels - 1, n = leaf; l >= 0; --l, n = (n - 1) / 2) rows[l] = p.OutRow(tree, n);
-  constexpr int kBlock = 4;
-  const float* token_acts[kBlock];
-  Out* token_out[kBlock];
-  int64_t i = 0;
-  for (; i + kBlock <= m; i += kBlock) {
-    for (int r = 0; r < kBlock; ++r) {
+  ForEachBlock<4>(m, [&](int64_t i, auto size) {
+    constexpr int R = decltype(size)::value;
+    const float* token_acts[R];
+    Out* token_out[R];
+    for (int r = 0; r < R; ++r) {
       token_acts[r] = acts + p.Record(tree, idx[i + r], 0);
       token_out[r] = out + idx[i + r] * p.hidden;
     }
-    OutputBlock<kBlock>(rows, token_acts, p.levels, p.hidden, token_out, add);
-  }
-  for (; i < m; ++i) {
-    token_acts[0] = acts + p.Record(tree, idx[i], 0);
-    token_out[0] = out + idx[i] * p.hidden;
-    OutputBlock<1>(rows, token_acts, p.levels, p.hidden, token_out, add);
-  }
+    OutputBlock<R>(rows, token_acts, p.levels, p.hidden, token_out, add, stream);
+  });
 }
 
 // Levels walked per subtree in the deep stage: the most whose w_in rows fit in kSubtreeBytes.
@@ -514,6 +550,10 @@ void TopStage(Plan<T, TB>& plan) {
 template <typename T, typename TB, typename Out>
 void DeepStage(Plan<T, TB>& plan, int64_t tree, Out* out, bool add) {
   const Problem<T, TB>& p = plan.p;
+  // Streaming stores (Put) need every row of out aligned to the vector width.
+  constexpr int64_t kAlign = kW * sizeof(float);
+  const bool stream = std::is_same_v<Out, float> && !add && (p.hidden * sizeof(float)) % kAlign == 0 &&
+                      reinterpret_cast<uintptr_t>(out) % kAlign == 0;
   int32_t* order = plan.order.data() + tree * p.tokens;
   const std::vector<DeepTask> tasks =
       SortBySubtree(plan.frontier.data() + tree * p.tokens, p.tokens, plan.split, order);
@@ -522,8 +562,9 @@ void DeepStage(Plan<T, TB>& plan, int64_t tree, Out* out, bool add) {
     Scratch s = plan.NewScratch(task.end - task.begin);
     Descend(p, plan.acts.data(), tree, plan.split, p.levels, task.node, order + task.begin,
             task.end - task.begin, s, [&](int64_t leaf, const int32_t* group, int64_t size, int64_t) {
-              GroupOutput(p, plan.acts.data(), tree, leaf, group, size, out, add);
+              GroupOutput(p, plan.acts.data(), tree, leaf, group, size, out, add, stream);
             });
+    Vec::StreamFence();  // this task's y rows are visible before ParallelFor reports it done
   });
 }
 

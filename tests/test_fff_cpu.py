@@ -71,6 +71,18 @@ def test_matches_conditional(rng, trees, depth, hidden, tokens, dtype):
     assert_close(kernel(*args), conditional(*args), dtype)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("trees,depth,hidden", [(1, 11, 768), (3, 5, 100)])
+def test_a_token_does_not_depend_on_the_rest_of_the_batch(rng, trees, depth, hidden, dtype):
+    """Bitwise: a token's products are summed in the same order in every block of tokens it can land in
+    (1 to 6 tokens per dot block, 1 to 4 per output block), so only its own operands decide its output."""
+    x, w_in, b_in, w_out = operands(rng, trees, depth, hidden, 500, dtype)
+    full = np.asarray(kernel(x, w_in, b_in, w_out))
+    subset = rng.permutation(x.shape[0])[:173]  # other groups, other block boundaries, other order
+    np.testing.assert_array_equal(kernel(x[subset], w_in, b_in, w_out), full[subset])
+    np.testing.assert_array_equal(kernel(x[subset[:1]], w_in, b_in, w_out), full[subset[:1]])
+
+
 @pytest.mark.parametrize("trees,depth,hidden,tokens", [(1, 0, 7, 5), (3, 5, 100, 40), (1, 11, 64, 30)])
 def test_matches_float64_reference(rng, trees, depth, hidden, tokens):
     x, w_in, b_in, w_out = (np.asarray(a) for a in operands(rng, trees, depth, hidden, tokens, jnp.float32))
