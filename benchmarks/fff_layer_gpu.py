@@ -3,12 +3,12 @@
 UltraFastBERT-1x11 shapes (H=768, one tree of depth 11: 4095 nodes, 12 visited per token) against dense
 FFs 768->3072->768 (crammedBERT's) and 768->4095->768 (same width as the tree), bf16 and fp32.
 
-Timing: each op runs many times inside one jitted ``lax.fori_loop``; every call's output feeds the next
-call's (tiny) bias through an optimization barrier, so calls cannot overlap or be skipped, and the loop
-rotates between 4 input sets so x does not sit in the 60 MB L2. A loop turn (16 calls) pays one host-side
-predicate check of XLA's while loop, a few microseconds, so small-T times are upper bounds. Reported:
-median over repeats of the time per call, the minimum bytes (x read, y written, weights read once) over
-that time, and the ratio to the measured device copy bandwidth.
+Timing (benchmarks/timing.py): each op runs many times inside one jitted ``lax.fori_loop``; every call's
+output feeds the next call's (tiny) bias through an optimization barrier, so calls cannot overlap or be
+skipped, and the loop rotates between 4 input sets so x does not sit in the 60 MB L2. A loop turn (16
+calls) pays one host-side predicate check of XLA's while loop, a few microseconds, so small-T times are
+upper bounds. Reported: median over repeats of the time per call, the minimum bytes (x read, y written,
+weights read once) over that time, and the ratio to the measured device copy bandwidth.
 
 Run on the GPU machine from the repository root (benchmarks/gpu_env.sh sets up the imports):
     source benchmarks/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
@@ -17,6 +17,7 @@ Run on the GPU machine from the repository root (benchmarks/gpu_env.sh sets up t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import os
@@ -27,8 +28,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import timing
 from jax import lax
-from ufbert_jax.kernels import fff_pallas
+from ufbert_jax.kernels import fff_pallas, fff_pallas_routed
 
 from ufbert_jax import fff
 
@@ -64,35 +66,11 @@ def operands(rng, tokens, dtype, width=None):
     return xs, (jnp.zeros((width,), jnp.float32), w1, w2)
 
 
-def timed_loop(op):
-    """jit(fn(xs, small, rest, n)): n turns of chained calls of op; returns the final small operand."""
-
-    def run(xs, small, rest, n):
-        def turn(_, small):
-            for call in range(CALLS_PER_TURN):
-                y = lax.optimization_barrier(op(xs[call % ROTATE], small, *rest))  # [T, H], kept whole
-                small = small + 0.0 * y[0, 0].astype(jnp.float32)
-            return small
-
-        return lax.fori_loop(0, n, turn, small)
-
-    return jax.jit(run)
-
-
 def seconds_per_call(op, xs, params, repeats=5):
     """Median seconds per call of op(x, *params), synchronised on the device, host overhead amortised."""
-    loop = timed_loop(op)
-    small, rest = params[0], params[1:]
-    loop(xs, small, rest, 1).block_until_ready()  # compile and warm up
-    start = time.perf_counter()
-    loop(xs, small, rest, 1).block_until_ready()
-    turns = int(np.clip(TARGET_S / (time.perf_counter() - start), 1, 500))
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        loop(xs, small, rest, turns).block_until_ready()
-        samples.append((time.perf_counter() - start) / (turns * CALLS_PER_TURN))
-    return statistics.median(samples)
+    # tie_x=False: the method behind docs/gpu_kernel.md's numbers, unchanged (timing.py says what it allows).
+    loop = timing.ChainedLoop(op, xs, params, CALLS_PER_TURN, TARGET_S, tie_x=False)
+    return statistics.median(loop.sample() for _ in range(repeats))
 
 
 def copy_bandwidth(dtype=jnp.bfloat16, elements=2**29):
@@ -122,19 +100,39 @@ def relative_error(got, want):
 
 
 def variants():
-    """Kernel variants for the sweep at 16384 tokens bf16: (name, BlockSizes)."""
+    """Kernel variants for the sweep at 16384 tokens bf16: (name, BlockSizes); the first is the default."""
     sizes = fff_pallas.BlockSizes
     return [
-        ("gather TB16 w4", sizes()),
-        ("gather TB16 w2", sizes(num_warps=2)),
-        ("gather TB16 w8", sizes(num_warps=8)),
-        ("gather TB32 w4 reload-x", sizes(block_tokens=32, hold_x=False)),
-        ("gather TB32 w8 reload-x", sizes(block_tokens=32, hold_x=False, num_warps=8)),
+        ("routed TR64w4 TB64w4 HC128 st2 S5", sizes()),
+        ("routed stages 1", sizes(num_stages=1)),
+        ("routed HC64", sizes(block_hidden=64)),
+        ("routed route TR32", sizes(route_tokens=32)),
+        ("routed route TR128", sizes(route_tokens=128)),
+        ("routed route w8", sizes(route_warps=8)),
+        ("routed tile TB32 w2", sizes(tile_tokens=32, tile_warps=2)),
+        ("routed tile w8", sizes(tile_warps=8)),
+        ("routed S6", sizes(sub_levels=6)),
+        ("per-token TB16 w8", sizes(routed_min_tokens=None)),
     ]
 
 
+def route_only(sizes):
+    """The routed kernel's routing step alone, as an op of the timed loop (output [B, T + TR] token ids)."""
+
+    def op(x, b_in, w_in, w_out):
+        del w_out
+        members, _, _ = fff_pallas_routed.route(
+            x, w_in[0], b_in[0], sub_levels=sizes.sub_levels, route_tokens=sizes.route_tokens,
+            route_warps=sizes.route_warps, block_hidden=sizes.block_hidden, num_stages=sizes.num_stages,
+            interpret=False,
+        )  # fmt: skip
+        return members
+
+    return op
+
+
 def sweep(rng, log):
-    """Times kernel variants and the sort pre-pass at 16384 tokens bf16; returns the fastest BlockSizes."""
+    """Times kernel variants at 16384 tokens bf16, and each one's routing step; returns the fastest sizes."""
     xs, params = operands(rng, 16384, jnp.bfloat16)
     b_in, w_in, w_out = params
     with jax.default_matmul_precision("highest"):
@@ -147,33 +145,37 @@ def sweep(rng, log):
 
         err = relative_error(impl(xs[0], w_in, b_in, w_out), want)
         seconds = seconds_per_call(fff_op(impl), xs, params)
-        log.write(
-            json.dumps({"variant": name, "sizes": repr(sizes), "us": seconds * 1e6, "rel_err": err}) + "\n"
-        )
-        print(f"  {name:32s} {seconds * 1e6:8.1f} us  rel err {err:.1e}", flush=True)
+        routing = seconds_per_call(route_only(sizes), xs, params) if sizes.routed_min_tokens else None
+        row = {"variant": name, "sizes": repr(sizes), "us": seconds * 1e6, "rel_err": err}
+        row["route_us"] = routing and routing * 1e6
+        log.write(json.dumps(row) + "\n")
+        route_text = f"(routing {routing * 1e6:6.1f} us)" if routing else ""
+        print(f"  {name:32s} {seconds * 1e6:8.1f} us {route_text} rel err {err:.1e}", flush=True)
         best = min(best or (seconds, name, sizes), (seconds, name, sizes), key=lambda r: r[0])
-    prepass = fff_pallas.BlockSizes(sort_levels=7, sort_min_tokens=0)
-
-    def order(x, b_in, w_in, w_out):
-        return fff_pallas._token_order(x, w_in, b_in, DEPTH, 16, prepass)[:, None].astype(x.dtype)
-
-    print(f"  {'sort pre-pass alone':32s} {seconds_per_call(order, xs, params) * 1e6:8.1f} us", flush=True)
     print(f"fastest: {best[1]} {best[2]}", flush=True)
     return best[2]
 
 
 def layer_table(rng, tokens_list, dtypes, sizes, log):
-    """Times every implementation at every token count and dtype: list of result dicts."""
+    """Times every implementation at every token count and dtype: list of result dicts.
+
+    "pallas" is the kernel as "auto" runs it (routed from sizes.routed_min_tokens tokens), "per_token" the
+    per-token kernel alone where the two differ.
+    """
+    per_token = dataclasses.replace(sizes, routed_min_tokens=None)
     impls = {
         "dense3072": (3072, dense_ff),
         "dense4095": (4095, dense_ff),
         "conditional": (None, fff_op(fff.conditional)),
         "pallas": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=sizes))),
+        "per_token": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=per_token))),
     }
     results = []
     for dtype in dtypes:
         for tokens in tokens_list:
             for name, (width, op) in impls.items():
+                if name == "per_token" and not fff_pallas.uses_routed(1, DEPTH, tokens, dtype, sizes):
+                    continue  # "pallas" is the per-token kernel at this size
                 xs, params = operands(rng, tokens, dtype, width)
                 seconds = seconds_per_call(op, xs, params)
                 row = {
@@ -199,10 +201,11 @@ def plot(results, path):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     base = {(r["dtype"], r["tokens"]): r["us"] for r in results if r["impl"] == "dense3072"}
     for dtype in sorted({r["dtype"] for r in results}):
-        for impl in ("pallas", "conditional", "dense4095"):
+        for impl in ("pallas", "per_token", "conditional", "dense4095"):
             points = sorted((r["tokens"], base[dtype, r["tokens"]] / r["us"]) for r in results
                             if r["impl"] == impl and r["dtype"] == dtype)  # fmt: skip
-            ax.plot(*zip(*points, strict=True), marker="o", label=f"{impl} {dtype}")
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", label=f"{impl} {dtype}")
     ax.axhline(10, color="gray", linestyle="--", label="10x target")
     ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="speedup over XLA dense FF 768-3072-768")
     ax.set_title("UltraFastBERT-1x11 FFF layer on an H200")
@@ -222,6 +225,16 @@ def print_table(results, bandwidth):
               f"{r['bytes_per_s'] / 1e12:6.2f} {r['bytes_per_s'] / bandwidth:7.0%}")  # fmt: skip
 
 
+def replot(paths, out):
+    """Table and plot from earlier runs' logs (rows of layer_table; the copy bandwidth of the first log)."""
+    rows = [json.loads(line) for path in paths for line in open(path)]
+    bandwidth = next(r["copy_bytes_per_s"] for r in rows if "copy_bytes_per_s" in r)
+    results = sorted((r for r in rows if "impl" in r), key=lambda r: (r["dtype"], r["tokens"]))
+    os.makedirs(out, exist_ok=True)
+    plot(results, os.path.join(out, "fff_layer_gpu.png"))
+    print_table(results, bandwidth)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -231,7 +244,13 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
     parser.add_argument("--sweep", action="store_true", help="time kernel variants first; table the fastest")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--replot", nargs="+", metavar="JSONL", help="no timing: table and plot the rows of earlier logs"
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        replot(args.replot, args.out)
+        return
     if jax.default_backend() != "gpu":
         raise SystemExit(f"needs a GPU; jax sees {jax.devices()}")
     os.makedirs(args.out, exist_ok=True)
