@@ -39,10 +39,11 @@ class BlockSizes:
     Measurements in docs/gpu_kernel.md.
 
     routed_min_tokens: calls with at least this many tokens use the routed kernel where it applies (one
-        tree, 1 <= D + 1 - sub_levels <= 8, 16-bit floats unless routed_float32); None: never. The
+        tree, 1 <= D + 1 - sub_levels <= 8, bfloat16 unless routed_float32); None: never. The
         crossover with the per-token kernel lies between 4096 and 8192 tokens (bf16, 1x11, H200).
-    routed_float32: use the routed kernel for float32 too. Off by default: Triton's IEEE float32 tile
-        products run on CUDA cores and are slow (1717 us against 23.5 us per-token at 2048 tokens).
+    routed_float32: use the routed kernel for other dtypes too (float32 is tested). Off by default: Triton's
+        IEEE float32 tile products run on CUDA cores and are slow (1717 us against 23.5 us per-token at 2048
+        tokens).
     sub_levels: S, the bottom levels that a routed subtree tile covers (2^S-wide tile products, S >= 4).
     route_tokens, route_warps: tokens per program and Triton warps of the routed kernel's routing step.
     tile_tokens, tile_warps: tokens per subtree tile and its warps.
@@ -136,7 +137,7 @@ def uses_routed(trees: int, depth: int, tokens: int, dtype, sizes: BlockSizes) -
     return (
         sizes.routed_min_tokens is not None
         and tokens >= sizes.routed_min_tokens
-        and (jnp.dtype(dtype).itemsize == 2 or sizes.routed_float32)
+        and (jnp.dtype(dtype) == jnp.bfloat16 or sizes.routed_float32)
         and fff_pallas_routed.applies(trees, depth, sizes.sub_levels)
     )
 
