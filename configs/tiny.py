@@ -5,7 +5,8 @@ data/sample (four public-domain books) with a 4096-token WordPiece vocabulary tr
 
 Expected on 2 (shared) CPU cores: about 1m45s in all, of which ~10 s prepare the data (tokenizer and shards
 in runs/shards/sample-4096, reused afterwards) and ~90 s train; the masked-token loss falls from 8.07 (mean
-of steps 1-10; ln 4096 = 8.3) to 6.20 (steps 141-150), eval loss 6.16, MLM accuracy ~10%.
+of steps 1-10; ln 4096 = 8.3) to 6.20 (steps 141-150); on the held-out last 128 rows of the shards eval
+loss about 6.5, MLM accuracy about 9%.
 Shrink or grow it from the command line, e.g. --config.steps=50.
 """
 

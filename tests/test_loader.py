@@ -140,6 +140,15 @@ def test_hosts_interleave_the_single_host_stream(shard_dir):
     assert_same([host[i % 2][i // 2] for i in range(6)], single)  # same rows and the same masks
 
 
+def test_a_row_range_is_all_the_stream_draws_from(shard_dir, rows):
+    n = len(rows)
+    start, stop = sorted(np.random.default_rng().choice(np.arange(1, n), size=2, replace=False))
+    ids = row_ids(loader(shard_dir, batch_size=1, num_epochs=1, rows=(start, stop)), rows)
+    assert sorted(ids) == list(range(start, stop))
+    train = set(row_ids(take(loader(shard_dir, batch_size=1, rows=(0, start)), 3 * start), rows))
+    assert train == set(range(start))  # the tail never appears, however long the stream runs
+
+
 def test_bad_arguments_are_named(shard_dir, tmp_path):
     with pytest.raises(ValueError, match="shard_index=2"):
         loader(shard_dir, shard_index=2, shard_count=2)
@@ -147,6 +156,9 @@ def test_bad_arguments_are_named(shard_dir, tmp_path):
         loader(shard_dir, seed=-1)
     with pytest.raises(FileNotFoundError, match="no_shards_here"):
         loader(tmp_path / "no_shards_here")
+    for bad in [(5, 5), (-1, 3), (0, 10**6)]:
+        with pytest.raises(ValueError, match="must be a non-empty range"):
+            loader(shard_dir, rows=bad)
 
 
 @pytest.mark.slow

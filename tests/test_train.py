@@ -371,6 +371,14 @@ def data_config(tmp_path, sources, **overrides):
     )
 
 
+def test_evaluation_holds_out_the_tail_of_the_shards():
+    assert loop.held_out_rows(tiny_config(eval_every=0), 100) == 0  # no evaluation: train on every row
+    config = tiny_config(eval_every=2, eval_batches=3, microbatch=8)
+    assert loop.held_out_rows(config, 48) == 24
+    with pytest.raises(ValueError, match=r"holds out eval_batches x microbatch = 24 rows.*only 47"):
+        loop.held_out_rows(config, 47)
+
+
 @pytest.mark.parametrize("corpus", ["missing", "empty"])
 def test_missing_or_empty_corpus_fails_cleanly(tmp_path, corpus):
     pytest.importorskip("ufbert_jax.data.shards")

@@ -2,7 +2,7 @@
 
 The pipeline is one global record stream that every host indexes the same way:
 
-    rows --shuffle(seed, reshuffled each epoch)--> repeat(num_epochs) --> (stream index t, row)
+    rows[start:stop] --shuffle(seed, reshuffled each epoch)--> repeat(num_epochs) --> (stream index t, row)
          --[shard_index::shard_count]--> batch(B) --> mask_records(seed, t, rows)
 
 so host k of n takes stream positions k, k + n, ...; hosts see disjoint rows within an epoch, and row t's
@@ -53,11 +53,13 @@ def mlm_dataset(
     shard_index: int = 0,
     shard_count: int = 1,
     num_epochs: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> grain.MapDataset:
     """The batches of this host as a grain MapDataset (random access by batch index); see the module doc.
 
     `num_epochs=None` repeats forever. With a finite count the stream is cut to a multiple of
-    shard_count * batch_size so every host yields the same number of full batches.
+    shard_count * batch_size so every host yields the same number of full batches. `rows` = (start, stop):
+    only the stored rows start .. stop-1 (default all), e.g. to keep a held-out tail out of training.
     """
     if not 0 <= seed < 2**32:
         raise ValueError(f"{seed=} must be in [0, 2**32) (grain's shuffle seed)")
@@ -65,7 +67,13 @@ def mlm_dataset(
         raise ValueError(f"{shard_index=} must be in [0, {shard_count=})")
     if batch_size < 1:
         raise ValueError(f"{batch_size=} must be >= 1")
-    ds = grain.MapDataset.source(TokenShards(shard_dir)).shuffle(seed=seed).repeat(num_epochs)
+    ds = grain.MapDataset.source(TokenShards(shard_dir))
+    if rows is not None:
+        start, stop = rows
+        if not 0 <= start < stop <= len(ds):
+            raise ValueError(f"{rows=} must be a non-empty range of the {len(ds)} rows in {shard_dir}")
+        ds = ds[start:stop]
+    ds = ds.shuffle(seed=seed).repeat(num_epochs)
     ds = ds.map_with_index(_with_index)
     if len(ds) < sys.maxsize:
         per_step = shard_count * batch_size
@@ -84,6 +92,7 @@ def mlm_batches(
     shard_index: int = 0,
     shard_count: int = 1,
     num_epochs: int | None = None,
+    rows: tuple[int, int] | None = None,
     worker_count: int = 0,
 ) -> grain.DatasetIterator:
     """An iterator of {"input_ids" [B, S], "positions" [B, P], "labels" [B, P]} int32 numpy batches.
@@ -102,6 +111,7 @@ def mlm_batches(
         shard_index=shard_index,
         shard_count=shard_count,
         num_epochs=num_epochs,
+        rows=rows,
     ).to_iter_dataset(READ_OPTIONS)
     if worker_count > 0:
         # grain 0.2.18's mp_prefetch reads an absl flag (grain_enable_multiprocess_worker_profiling) when jax

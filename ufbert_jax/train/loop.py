@@ -353,6 +353,22 @@ def prepare_workdir(workdir: Path, model_cfg: ModelConfig, tokenizer: Path) -> N
         shutil.copyfile(tokenizer, ckpt.tokenizer_path(workdir))
 
 
+def held_out_rows(config, total_rows: int) -> int:
+    """Rows at the end of the shards kept out of training for evaluation: eval_batches microbatches.
+
+    0 when the run never evaluates (eval_every = 0); a ValueError when they would be half the corpus or more.
+    """
+    if not config.eval_every:
+        return 0
+    rows = config.eval_batches * config.microbatch
+    if 2 * rows > total_rows:
+        raise ValueError(
+            f"evaluation holds out eval_batches x microbatch = {rows} rows, but the shards have only "
+            f"{total_rows}: lower eval_batches or add text"
+        )
+    return rows
+
+
 def train_and_evaluate(config, workdir: str | Path) -> dict:
     """Prepares the token shards (and tokenizer) of config.data, then pretrains in `workdir` (see `train`).
 
@@ -390,13 +406,20 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
         shard_index=jax.process_index(),
         shard_count=processes,
     )
+    total_rows = len(shards.TokenShards(shard_dir))
+    held_out = held_out_rows(config, total_rows)
     batches = loader.mlm_batches(
-        shard_dir, seed=config.seed, worker_count=config.data.worker_count, **data_options
+        shard_dir,
+        seed=config.seed,
+        worker_count=config.data.worker_count,
+        rows=(0, total_rows - held_out),
+        **data_options,
     )
 
     def eval_batches():
-        # A fixed sample of the corpus with its own masking seed: how well the model fits this text.
-        held = loader.mlm_batches(shard_dir, seed=config.seed + 1, num_epochs=1, **data_options)
+        # The held-out tail of the shards, never trained on, masked with its own seed.
+        tail = (total_rows - held_out, total_rows)
+        held = loader.mlm_batches(shard_dir, seed=config.seed + 1, num_epochs=1, rows=tail, **data_options)
         return itertools.islice(held, config.eval_batches)
 
-    return train(config, workdir, model_cfg, batches, eval_batches)
+    return train(config, workdir, model_cfg, batches, eval_batches if held_out else None)
