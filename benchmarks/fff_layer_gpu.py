@@ -4,8 +4,9 @@ UltraFastBERT-1x11 shapes (H=768, one tree of depth 11: 4095 nodes, 12 visited p
 FFs 768->3072->768 (crammedBERT's) and 768->4095->768 (same width as the tree), bf16 and fp32.
 
 Timing (benchmarks/timing.py): each op runs many times inside one jitted ``lax.fori_loop``; every call's
-output feeds the next call's (tiny) bias through an optimization barrier, so calls cannot overlap or be
-skipped, and the loop rotates between 4 input sets so x does not sit in the 60 MB L2. A loop turn (16
+output feeds the next call's (tiny) bias through an optimization barrier, together with x, so calls cannot
+overlap, be skipped or share work, and the loop rotates between 4 input sets so x does not sit in the 60 MB
+L2. A loop turn (16
 calls) pays one host-side predicate check of XLA's while loop, a few microseconds, so small-T times are
 upper bounds. Reported: median over repeats of the time per call, the minimum bytes (x read, y written,
 weights read once) over that time, and the ratio to the measured device copy bandwidth.
@@ -31,6 +32,7 @@ import numpy as np
 import timing
 from jax import lax
 from ufbert_jax.kernels import fff_pallas, fff_pallas_routed
+from ufbert_jax.kernels.pallas_math import Tiling
 
 from ufbert_jax import fff
 
@@ -68,8 +70,9 @@ def operands(rng, tokens, dtype, width=None):
 
 def seconds_per_call(op, xs, params, repeats=5):
     """Median seconds per call of op(x, *params), synchronised on the device, host overhead amortised."""
-    # tie_x=False: the method behind docs/gpu_kernel.md's numbers, unchanged (timing.py says what it allows).
-    loop = timing.ChainedLoop(op, xs, params, CALLS_PER_TURN, TARGET_S, tie_x=False)
+    # x tied to the chained operand (timing.py): without it XLA hoists the dense FF's x @ w1 out of the loop,
+    # which timed dense3072 at 310 us instead of 414 us at 16384 tokens bf16 (docs/gpu_kernel.md).
+    loop = timing.ChainedLoop(op, xs, params, CALLS_PER_TURN, TARGET_S, tie_x=True)
     return statistics.median(loop.sample() for _ in range(repeats))
 
 
@@ -100,19 +103,30 @@ def relative_error(got, want):
 
 
 def variants():
-    """Kernel variants for the sweep at 16384 tokens bf16: (name, BlockSizes); the first is the default."""
-    sizes = fff_pallas.BlockSizes
+    """Kernel variants for the sweep at 16384 tokens bf16: (name, BlockSizes); the first is the default.
+
+    The profile (benchmarks/profile_gpu.py, docs/gpu_kernel.md) found both routed steps latency-bound: one
+    wave of programs, 2-3 per SM, DRAM 30% busy, warps waiting on loads. So the sweep varies how much each
+    program keeps in flight (hidden chunk and pipeline depth), how many tokens share each weight row read
+    (the tokens per program: both steps read 2-3 KB of weights per token from the L2 at 64 tokens, as much
+    as x itself), and the split between routed top levels and subtree levels (S).
+    """
+    sizes, tiling = fff_pallas.BlockSizes, Tiling
+    route64, route128 = tiling(64, 4, 64, 4), tiling(128, 8, 64, 4)
+    tile64, tile128 = tiling(64, 4, 64, 4), tiling(128, 8, 64, 4)
     return [
-        ("routed TR64w4 TB64w4 HC128 st2 S5", sizes()),
-        ("routed stages 1", sizes(num_stages=1)),
-        ("routed HC64", sizes(block_hidden=64)),
-        ("routed route TR32", sizes(route_tokens=32)),
-        ("routed route TR128", sizes(route_tokens=128)),
-        ("routed route w8", sizes(route_warps=8)),
-        ("routed tile TB32 w2", sizes(tile_tokens=32, tile_warps=2)),
-        ("routed tile w8", sizes(tile_warps=8)),
-        ("routed S6", sizes(sub_levels=6)),
-        ("per-token TB16 w8", sizes(routed_min_tokens=None)),
+        ("routed default", sizes()),
+        ("routed route TR64 HC64 st4", sizes(route=route64)),
+        ("routed tile TB64 HC64 st4", sizes(tile=tile64)),
+        ("routed route TR128 w8 HC64 st4", sizes(route=route128)),
+        ("routed route TR128 w8 HC64 st3", sizes(route=tiling(128, 8, 64, 3))),
+        ("routed route TR128 w4 HC64 st4", sizes(route=tiling(128, 4, 64, 4))),
+        ("routed tile TB128 w8 HC64 st4", sizes(route=route64, tile=tile128)),
+        ("routed tile TB128 w8 HC64 st3", sizes(route=route64, tile=tiling(128, 8, 64, 3))),
+        ("routed tile TB128 w4 HC64 st4", sizes(route=route64, tile=tiling(128, 4, 64, 4))),
+        ("routed S6 TR64 TB64", sizes(sub_levels=6, route=route64, tile=tile64)),
+        ("routed S6 TR128 TB128", sizes(sub_levels=6, route=route128, tile=tile128)),
+        ("routed S6 TR128 TB64", sizes(sub_levels=6, route=route128, tile=tile64)),
     ]
 
 
@@ -121,39 +135,57 @@ def route_only(sizes):
 
     def op(x, b_in, w_in, w_out):
         del w_out
-        members, _, _ = fff_pallas_routed.route(
-            x, w_in[0], b_in[0], sub_levels=sizes.sub_levels, route_tokens=sizes.route_tokens,
-            route_warps=sizes.route_warps, block_hidden=sizes.block_hidden, num_stages=sizes.num_stages,
-            interpret=False,
-        )  # fmt: skip
+        members, _, _ = fff_pallas_routed.route_step(
+            x, w_in[0], b_in[0], sub_levels=sizes.sub_levels, tiling=sizes.route, interpret=False
+        )
         return members
 
     return op
 
 
 def sweep(rng, log):
-    """Times kernel variants at 16384 tokens bf16, and each one's routing step; returns the fastest sizes."""
+    """Times kernel variants at 16384 tokens bf16 and each routing step, then the fastest routing step with
+    the fastest tiles; returns the fastest sizes."""
     xs, params = operands(rng, 16384, jnp.bfloat16)
     b_in, w_in, w_out = params
     with jax.default_matmul_precision("highest"):
         want = fff.conditional(xs[0], w_in, b_in, w_out)
-    best = None
-    for name, sizes in variants():
+    routing_us = {}  # (S, route Tiling) -> us of the routing step alone
 
-        def impl(x, w_in, b_in, w_out, s=sizes):
-            return fff_pallas.fff_pallas(x, w_in, b_in, w_out, sizes=s)
+    def run(name, sizes):
+        def impl(x, w_in, b_in, w_out):
+            return fff_pallas.fff_pallas(x, w_in, b_in, w_out, sizes=sizes)
 
         err = relative_error(impl(xs[0], w_in, b_in, w_out), want)
-        seconds = seconds_per_call(fff_op(impl), xs, params)
-        routing = seconds_per_call(route_only(sizes), xs, params) if sizes.routed_min_tokens else None
-        row = {"variant": name, "sizes": repr(sizes), "us": seconds * 1e6, "rel_err": err}
-        row["route_us"] = routing and routing * 1e6
+        us = seconds_per_call(fff_op(impl), xs, params) * 1e6
+        key = (sizes.sub_levels, sizes.route)
+        if key not in routing_us:
+            routing_us[key] = seconds_per_call(route_only(sizes), xs, params) * 1e6
+        row = {
+            "variant": name,
+            "sizes": repr(sizes),
+            "us": us,
+            "rel_err": err,
+            "route_us": routing_us[key],
+        }
         log.write(json.dumps(row) + "\n")
-        route_text = f"(routing {routing * 1e6:6.1f} us)" if routing else ""
-        print(f"  {name:32s} {seconds * 1e6:8.1f} us {route_text} rel err {err:.1e}", flush=True)
-        best = min(best or (seconds, name, sizes), (seconds, name, sizes), key=lambda r: r[0])
-    print(f"fastest: {best[1]} {best[2]}", flush=True)
-    return best[2]
+        print(
+            f"  {name:32s} {us:8.1f} us (routing {routing_us[key]:6.1f} us) rel err {err:.1e}",
+            flush=True,
+        )
+        return row
+
+    rows = [(run(name, sizes), sizes) for name, sizes in variants()]
+    for sub_levels in sorted({sizes.sub_levels for _, sizes in rows}):
+        group = [r for r in rows if r[1].sub_levels == sub_levels]
+        route = min(group, key=lambda r: r[0]["route_us"])[1].route
+        tile = min(group, key=lambda r: r[0]["us"] - r[0]["route_us"])[1].tile  # the tiles' share
+        combined = dataclasses.replace(group[0][1], route=route, tile=tile)
+        if combined not in [sizes for _, sizes in rows]:
+            rows.append((run(f"routed S{sub_levels} fastest route + tiles", combined), combined))
+    best_row, best = min(rows, key=lambda r: r[0]["us"])
+    print(f"fastest: {best_row['variant']} {best}", flush=True)
+    return best
 
 
 def layer_table(rng, tokens_list, dtypes, sizes, log):

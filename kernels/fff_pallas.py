@@ -29,12 +29,12 @@ from jax.experimental.pallas import triton as plgpu
 from ufbert_jax import fff
 
 from . import fff_pallas_routed
-from .pallas_math import MIN_DOT, gelu, next_node, next_pow2, pad_hidden, round_up
+from .pallas_math import MIN_DOT, Tiling, gelu, next_node, pad_hidden, round_up
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Kernel choice, tiling and scheduling; the defaults are the fastest measured for 1x11 on an H200.
+    """Kernel choice and each kernel's tiling; the defaults are the fastest measured for 1x11 on an H200.
 
     Measurements in docs/gpu_kernel.md.
 
@@ -45,30 +45,19 @@ class BlockSizes:
         IEEE float32 tile products run on CUDA cores and are slow (1717 us against 23.5 us per-token at 2048
         tokens).
     sub_levels: S, the bottom levels that a routed subtree tile covers (2^S-wide tile products, S >= 4).
-    route_tokens, route_warps: tokens per program and Triton warps of the routed kernel's routing step.
-    tile_tokens, tile_warps: tokens per subtree tile and its warps.
-    block_tokens, num_warps: TB, tokens per program, and warps of the per-token kernel.
-    block_hidden: HC, hidden columns per chunk (both kernels); H is padded to a multiple of it.
-    num_stages: Triton's software pipelining depth (both kernels).
+    route, tile: the routed kernel's routing step and subtree tiles.
+    per_token: the per-token kernel.
+    H is padded to a multiple of the hidden chunk of every kernel that runs.
     """
 
     routed_min_tokens: int | None = 8192
     routed_float32: bool = False
     sub_levels: int = 5
-    route_tokens: int = 64
-    route_warps: int = 4
-    tile_tokens: int = 64
-    tile_warps: int = 4
-    block_tokens: int = 16
-    num_warps: int = 8
-    block_hidden: int = 128
-    num_stages: int = 2
+    route: Tiling = dataclasses.field(default_factory=functools.partial(Tiling, 64, 4, hidden=64, stages=4))
+    tile: Tiling = dataclasses.field(default_factory=functools.partial(Tiling, 64, 4, hidden=64, stages=4))
+    per_token: Tiling = dataclasses.field(default_factory=functools.partial(Tiling, tokens=16, warps=8))
 
     def __post_init__(self):
-        for name in ("block_tokens", "block_hidden", "route_tokens", "tile_tokens"):
-            value = getattr(self, name)
-            if value < MIN_DOT or value & (value - 1):
-                raise ValueError(f"{name}={value} must be a power of 2 >= {MIN_DOT}")
         if 2**self.sub_levels < MIN_DOT:
             raise ValueError(f"sub_levels={self.sub_levels} must be >= 4 (2^S-wide tile products)")
 
@@ -114,18 +103,17 @@ def _per_token_kernel(x_ref, w_in_ref, b_ref, w_out_ref, y_ref, *, tokens, nodes
         plgpu.store(y_ref.at[token[:, None], column], acc.astype(y_ref.dtype))
 
 
-def _per_token(x, w_in, b_in, w_out, *, nodes, depth, sizes, block_hidden, interpret):
+def _per_token(x, w_in, b_in, w_out, *, nodes, depth, tiling: Tiling, interpret):
     """The per-token kernel: x [T, Hp]; w_in, w_out [K*N, Hp]; b_in [K*N] float32 -> y [T, Hp]."""
     tokens = x.shape[0]
-    block_tokens = min(sizes.block_tokens, next_pow2(max(tokens, MIN_DOT)))
-    padded_tokens = round_up(tokens, block_tokens)
+    padded_tokens = round_up(tokens, tiling.tokens)
     kernel = functools.partial(_per_token_kernel, tokens=tokens, nodes=nodes, depth=depth,
-                               block_tokens=block_tokens, block_hidden=block_hidden)  # fmt: skip
+                               block_tokens=tiling.tokens, block_hidden=tiling.hidden)  # fmt: skip
     y = pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct((padded_tokens, x.shape[1]), x.dtype),
-        grid=(padded_tokens // block_tokens,),
-        compiler_params=plgpu.CompilerParams(num_warps=sizes.num_warps, num_stages=sizes.num_stages),
+        grid=(padded_tokens // tiling.tokens,),
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.warps, num_stages=tiling.stages),
         interpret=interpret,
         name="fff_pallas",
     )(x, w_in, b_in, w_out)
@@ -148,29 +136,24 @@ def _forward(x, w_in, b_in, w_out, sizes: BlockSizes, interpret: bool) -> jax.Ar
     tokens, hidden = x.shape
     if tokens == 0:
         return jnp.zeros_like(x)
-    block_hidden = min(sizes.block_hidden, next_pow2(max(hidden, MIN_DOT)))
-    padded_hidden = round_up(hidden, block_hidden)
+    routed = uses_routed(trees, depth, tokens, x.dtype, sizes)
+    tilings = [sizes.route, sizes.tile] if routed else [sizes.per_token]
+    tilings = [tiling.capped(tokens, hidden) for tiling in tilings]
+    padded_hidden = round_up(hidden, max(tiling.hidden for tiling in tilings))  # powers of 2: all divide it
     operands = (
         pad_hidden(x, padded_hidden),  # [T, Hp]
         pad_hidden(w_in, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
         b_in.astype(jnp.float32).reshape(trees * nodes),  # [K, N] -> [K*N]
         pad_hidden(w_out, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
     )
-    if uses_routed(trees, depth, tokens, x.dtype, sizes):
+    if routed:
+        route, tile = tilings
         y = fff_pallas_routed.forward(
-            *operands,
-            sub_levels=sizes.sub_levels,
-            route_tokens=sizes.route_tokens,
-            route_warps=sizes.route_warps,
-            tile_tokens=sizes.tile_tokens,
-            tile_warps=sizes.tile_warps,
-            block_hidden=block_hidden,
-            num_stages=sizes.num_stages,
-            interpret=interpret,
+            *operands, sub_levels=sizes.sub_levels, route=route, tile=tile, interpret=interpret
         )
     else:
-        y = _per_token(*operands, nodes=nodes, depth=depth, sizes=sizes, block_hidden=block_hidden,
-                       interpret=interpret)  # fmt: skip
+        (per_token,) = tilings
+        y = _per_token(*operands, nodes=nodes, depth=depth, tiling=per_token, interpret=interpret)
     return y[:, :hidden]  # [T, Hp] -> [T, H]
 
 

@@ -45,7 +45,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from .pallas_math import MIN_DOT, dot, gelu, next_node, pick, round_up
+from .pallas_math import MIN_DOT, Tiling, dot, gelu, next_node, pick, round_up
 
 MAX_TOP_LEVELS = 8  # U: the [TR, B] bucket one-hot and the [TR, P] routing tile live in registers
 TOP_COLUMNS = 16  # A: top activations per token, zero past U (a tile dimension, so >= 16)
@@ -153,6 +153,8 @@ def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_ou
         count = jnp.minimum(pick(counts, bucket) - run * tile_tokens, tile_tokens)  # 1 .. TB
         lane = lax.broadcasted_iota(jnp.int32, (tile_tokens,), 0)
         token = members_ref[bucket, run * tile_tokens + jnp.minimum(lane, count - 1)]  # [TB]
+        # Loaded before the logits loop so that its latency hides behind the loop's.
+        top_acts = acts_ref[token, pl.ds(0, TOP_COLUMNS)].astype(w_out_ref.dtype)  # [TB, A]
         sub_rows = _subtree_rows(bucket, top_levels, sub_levels)  # [SW]
         top_rows = _path_rows(bucket, top_levels)  # [A]
         chunks = x_ref.shape[1] // block_hidden
@@ -173,7 +175,6 @@ def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_ou
             node = next_node(node, jnp.sum(jnp.where(hit, logits, 0.0), axis=1))
         # Activations rounded to the weights' dtype before the output products (fff.py's numerics).
         sub_acts = jnp.where(on_path, gelu(logits), 0.0).astype(w_out_ref.dtype)  # [TB, SW]
-        top_acts = acts_ref[token, pl.ds(0, TOP_COLUMNS)].astype(w_out_ref.dtype)  # [TB, A]
 
         def store_chunk(chunk, carry):
             start = pl.multiple_of(chunk * block_hidden, block_hidden)
@@ -187,71 +188,63 @@ def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_ou
         lax.fori_loop(0, chunks, store_chunk, 0)
 
 
-def _capped(block: int, tokens: int) -> int:
-    """A block of tokens no larger than T rounded up to a power of 2 (>= 16): small calls, small tiles."""
-    return min(block, 1 << max(MIN_DOT - 1, tokens - 1).bit_length())
-
-
-def route(x, w_in, b_in, *, sub_levels: int, route_tokens: int, route_warps: int, block_hidden: int,
-          num_stages: int, interpret: bool):  # fmt: skip
+def route_step(x, w_in, b_in, *, sub_levels: int, tiling: Tiling, interpret: bool):
     """Step 1: (members [B, T + TR] int32 token ids by bucket, acts [Tr, A] float32, counts [B] float32).
 
-    x [T, Hp]; w_in [N, Hp]; b_in [N] float32.
+    x [T, Hp]; w_in [N, Hp]; b_in [N] float32; tiling: TR = tiling.tokens, HC = tiling.hidden.
     """
     tokens = x.shape[0]
     top_levels = w_in.shape[0].bit_length() - sub_levels  # D + 1 - S, as N = 2^(D+1) - 1
     buckets = 2**top_levels
-    route_tokens = _capped(route_tokens, tokens)
-    padded = round_up(tokens, route_tokens)
+    padded = round_up(tokens, tiling.tokens)
     kernel = functools.partial(
         _route_kernel,
         tokens=tokens,
         top_levels=top_levels,
-        route_tokens=route_tokens,
-        block_hidden=block_hidden,
+        route_tokens=tiling.tokens,
+        block_hidden=tiling.hidden,
     )
     return pl.pallas_call(
         kernel,
         out_shape=(
-            jax.ShapeDtypeStruct((buckets, tokens + route_tokens), jnp.int32),  # members
+            jax.ShapeDtypeStruct((buckets, tokens + tiling.tokens), jnp.int32),  # members
             jax.ShapeDtypeStruct((padded, TOP_COLUMNS), jnp.float32),  # top activations
             jax.ShapeDtypeStruct((buckets,), jnp.float32),  # counts
         ),
-        grid=(padded // route_tokens,),
+        grid=(padded // tiling.tokens,),
         input_output_aliases={3: 2},
-        compiler_params=plgpu.CompilerParams(num_warps=route_warps, num_stages=num_stages),
+        compiler_params=plgpu.CompilerParams(num_warps=tiling.warps, num_stages=tiling.stages),
         interpret=interpret,
         name="fff_route",
     )(x, w_in, b_in, jnp.zeros((buckets,), jnp.float32))
 
 
-def forward(x, w_in, b_in, w_out, *, sub_levels: int, route_tokens: int, route_warps: int, tile_tokens: int,
-            tile_warps: int, block_hidden: int, num_stages: int, interpret: bool) -> jax.Array:  # fmt: skip
-    """y [T, Hp] from x [T, Hp], w_in, w_out [N, Hp], b_in [N] float32 (one tree; Hp a multiple of HC).
+def forward(
+    x, w_in, b_in, w_out, *, sub_levels: int, route: Tiling, tile: Tiling, interpret: bool
+) -> jax.Array:
+    """y [T, Hp] from x [T, Hp], w_in, w_out [N, Hp], b_in [N] float32 (one tree).
 
-    route_tokens, tile_tokens: TR and TB, capped at the token count rounded up to a power of 2 (>= 16).
+    route, tile: the tilings of the two steps (TR, TB tokens; Hp a multiple of both hidden chunks).
     """
-    members, acts, counts = route(
-        x, w_in, b_in, sub_levels=sub_levels, route_tokens=route_tokens, route_warps=route_warps,
-        block_hidden=block_hidden, num_stages=num_stages, interpret=interpret,
-    )  # fmt: skip
+    members, acts, counts = route_step(
+        x, w_in, b_in, sub_levels=sub_levels, tiling=route, interpret=interpret
+    )
     tokens = x.shape[0]
     top_levels = w_in.shape[0].bit_length() - sub_levels
-    tile_tokens = _capped(tile_tokens, tokens)
     # Runs of at most TB tokens: sum over buckets of ceil(count / TB) <= (T + B (TB - 1)) / TB.
-    work_items = (tokens + 2**top_levels * (tile_tokens - 1)) // tile_tokens
+    work_items = (tokens + 2**top_levels * (tile.tokens - 1)) // tile.tokens
     kernel = functools.partial(
         _tile_kernel,
         top_levels=top_levels,
         sub_levels=sub_levels,
-        tile_tokens=tile_tokens,
-        block_hidden=block_hidden,
+        tile_tokens=tile.tokens,
+        block_hidden=tile.hidden,
     )
     return pl.pallas_call(
         kernel,
         out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
         grid=(work_items,),
-        compiler_params=plgpu.CompilerParams(num_warps=tile_warps, num_stages=num_stages),
+        compiler_params=plgpu.CompilerParams(num_warps=tile.warps, num_stages=tile.stages),
         interpret=interpret,
         name="fff_subtrees",
     )(counts, members, acts, x, w_in, b_in, w_out)

@@ -1,4 +1,4 @@
-"""Math shared by the Pallas (Triton) FFF kernels: GELU, tile products, the heap step, padding.
+"""Math shared by the Pallas (Triton) FFF kernels: GELU, tile products, the heap step, padding, tilings.
 
 Numerics follow ``ufbert_jax.fff``: float32 logits, decision and GELU on that logit, NaN routes left.
 ``lax.erfc`` has no Triton lowering, so the GELU uses XLA's own float32 erfc expansion, term for term, so
@@ -7,6 +7,8 @@ operands on tensor cores; float32 operands in IEEE mode, not Triton's default TF
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,34 @@ _SQRT_HALF = 0.7071067811865476
 
 # Triton's tensor-core dot needs every dimension >= 16.
 MIN_DOT = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class Tiling:
+    """How one kernel is launched: tokens per program, Triton warps, hidden columns per chunk (HC), and
+    Triton's software-pipelining depth (stages - 1 chunks are loaded ahead of the one being used)."""
+
+    tokens: int
+    warps: int
+    hidden: int = 128
+    stages: int = 2
+
+    def __post_init__(self):
+        for name in ("tokens", "hidden"):
+            value = getattr(self, name)
+            if value < MIN_DOT or value & (value - 1):
+                raise ValueError(f"Tiling {name}={value} must be a power of 2 >= {MIN_DOT}")
+        if self.warps < 1 or self.stages < 1:
+            raise ValueError(f"Tiling needs warps >= 1 and stages >= 1; got {self.warps}, {self.stages}")
+
+    def capped(self, tokens: int, hidden: int) -> Tiling:
+        """This tiling with its token and hidden blocks no larger than T and H rounded up to a power of 2
+        (>= 16): small calls get small tiles."""
+        return dataclasses.replace(
+            self,
+            tokens=min(self.tokens, next_pow2(max(tokens, MIN_DOT))),
+            hidden=min(self.hidden, next_pow2(max(hidden, MIN_DOT))),
+        )
 
 
 def _polynomial(x: jax.Array, coefficients) -> jax.Array:

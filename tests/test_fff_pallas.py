@@ -28,10 +28,16 @@ SLOW_CASES = [(1, 0, 16, 5, BF16), (3, 1, 32, 21, F32), (1, 11, 32, 19, BF16)]
 ROUTED_CASES = [(1, 4, 16, 5, F32), (1, 5, 32, 300, BF16), (1, 6, 24, 37, F32), (1, 11, 32, 200, F32)]
 ROUTED_SLOW_CASES = [(1, 5, 32, 300, F32), (1, 11, 32, 200, BF16), (1, 8, 64, 1000, BF16)]
 DEFAULT_SIZES_CASES = [(1, 11, 768, 300), (1, 11, 768, 8200), (2, 7, 40, 130), (4, 3, 128, 64)]
-# Small tiles: few tokens still take several programs and every path.
-PER_TOKEN = fff_pallas.BlockSizes(routed_min_tokens=None, block_tokens=16, block_hidden=16)
+# Small tiles: few tokens still take several programs and every path. The routed steps take different
+# hidden chunks (H is padded to the larger; the routing step loops over twice as many chunks).
+Tiling = pallas_math.Tiling
+PER_TOKEN = fff_pallas.BlockSizes(routed_min_tokens=None, per_token=Tiling(16, 8, hidden=16))
 ROUTED = fff_pallas.BlockSizes(
-    routed_min_tokens=0, routed_float32=True, sub_levels=4, route_tokens=16, tile_tokens=16, block_hidden=16
+    routed_min_tokens=0,
+    routed_float32=True,
+    sub_levels=4,
+    route=Tiling(16, 4, hidden=16),
+    tile=Tiling(16, 4, hidden=32, stages=3),
 )
 BOTH = [pytest.param(PER_TOKEN, id="per_token"), pytest.param(ROUTED, id="routed")]
 
@@ -141,8 +147,12 @@ class TestFffPallasGpu:
             self.kernel(x[None], w_in, b_in, w_out)
         with pytest.raises(ValueError, match="N = 2"):
             self.kernel(x, w_in[:, :6], b_in[:, :6], w_out[:, :6])
-        with pytest.raises(ValueError, match="block_tokens=24"):
-            fff_pallas.BlockSizes(block_tokens=24)
+        with pytest.raises(ValueError, match="Tiling tokens=24 must be a power of 2"):
+            Tiling(24, 8)
+        with pytest.raises(ValueError, match="Tiling hidden=8 must be a power of 2 >= 16"):
+            Tiling(16, 8, hidden=8)
+        with pytest.raises(ValueError, match="warps >= 1 and stages >= 1"):
+            Tiling(16, 8, stages=0)
         with pytest.raises(ValueError, match="sub_levels=3"):
             fff_pallas.BlockSizes(sub_levels=3)
 
