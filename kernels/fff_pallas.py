@@ -53,9 +53,9 @@ class BlockSizes:
     routed_min_tokens: int | None = 8192
     routed_float32: bool = False
     sub_levels: int = 5
-    route: Tiling = dataclasses.field(default_factory=functools.partial(Tiling, 64, 4, hidden=64, stages=4))
-    tile: Tiling = dataclasses.field(default_factory=functools.partial(Tiling, 64, 4, hidden=64, stages=4))
-    per_token: Tiling = dataclasses.field(default_factory=functools.partial(Tiling, tokens=16, warps=8))
+    route: Tiling = dataclasses.field(default_factory=lambda: Tiling(tokens=64, warps=4, hidden=64, stages=4))
+    tile: Tiling = dataclasses.field(default_factory=lambda: Tiling(tokens=64, warps=4, hidden=64, stages=4))
+    per_token: Tiling = dataclasses.field(default_factory=lambda: Tiling(tokens=16, warps=8))
 
     def __post_init__(self):
         if 2**self.sub_levels < MIN_DOT:

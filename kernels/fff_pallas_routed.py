@@ -153,7 +153,7 @@ def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_ou
         count = jnp.minimum(pick(counts, bucket) - run * tile_tokens, tile_tokens)  # 1 .. TB
         lane = lax.broadcasted_iota(jnp.int32, (tile_tokens,), 0)
         token = members_ref[bucket, run * tile_tokens + jnp.minimum(lane, count - 1)]  # [TB]
-        # Loaded before the logits loop so that its latency hides behind the loop's.
+        # Loaded before the logits loop, so that its latency can overlap the loop's loads.
         top_acts = acts_ref[token, pl.ds(0, TOP_COLUMNS)].astype(w_out_ref.dtype)  # [TB, A]
         sub_rows = _subtree_rows(bucket, top_levels, sub_levels)  # [SW]
         top_rows = _path_rows(bucket, top_levels)  # [A]
