@@ -6,10 +6,9 @@ FFs 768->3072->768 (crammedBERT's) and 768->4095->768 (same width as the tree), 
 Timing (benchmarks/timing.py): each op runs many times inside one jitted ``lax.fori_loop``; every call's
 output feeds the next call's (tiny) bias through an optimization barrier, together with x, so calls cannot
 overlap, be skipped or share work, and the loop rotates between 4 input sets so x does not sit in the 60 MB
-L2. A loop turn (16
-calls) pays one host-side predicate check of XLA's while loop, a few microseconds, so small-T times are
-upper bounds. Reported: median over repeats of the time per call, the minimum bytes (x read, y written,
-weights read once) over that time, and the ratio to the measured device copy bandwidth.
+L2. A loop turn (16 calls) pays one host-side predicate check of XLA's while loop, a few microseconds, so
+small-T times are upper bounds. Reported: median over repeats of the time per call, the minimum bytes (x
+read, y written, weights read once) over that time, and the ratio to the measured device copy bandwidth.
 
 Run on the GPU machine from the repository root (benchmarks/gpu_env.sh sets up the imports):
     source benchmarks/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
@@ -70,8 +69,9 @@ def operands(rng, tokens, dtype, width=None):
 
 def seconds_per_call(op, xs, params, repeats=5):
     """Median seconds per call of op(x, *params), synchronised on the device, host overhead amortised."""
-    # x tied to the chained operand (timing.py): without it XLA hoists the dense FF's x @ w1 out of the loop,
-    # which timed dense3072 at 310 us instead of 414 us at 16384 tokens bf16 (docs/gpu_kernel.md).
+    # x tied to the chained operand (timing.py): untied, XLA computed the dense FF's x @ w1 once per input set
+    # and loop turn and shared it between calls: dense3072 timed 310 us instead of 414 us at 16384 tokens
+    # bf16 (docs/gpu_kernel.md).
     loop = timing.ChainedLoop(op, xs, params, CALLS_PER_TURN, TARGET_S, tie_x=True)
     return statistics.median(loop.sample() for _ in range(repeats))
 
@@ -108,25 +108,21 @@ def variants():
     The profile (benchmarks/profile_gpu.py, docs/gpu_kernel.md) found both routed steps latency-bound: one
     wave of programs, 2-3 per SM, DRAM 30% busy, warps waiting on loads. So the sweep varies how much each
     program keeps in flight (hidden chunk and pipeline depth), how many tokens share each weight row read
-    (the tokens per program: both steps read 2-3 KB of weights per token from the L2 at 64 tokens, as much
-    as x itself), and the split between routed top levels and subtree levels (S).
+    (the tokens per program: at 64 tokens both steps read 2-3 KB of weights per token from the L2, more than
+    the 1.5 KB of x), and the split between routed top levels and subtree levels (S). Earlier sweeps' rows
+    (docs/results/) name their sizes.
     """
     sizes, tiling = fff_pallas.BlockSizes, Tiling
-    route64, route128 = tiling(64, 4, 64, 4), tiling(128, 8, 64, 4)
-    tile64, tile128 = tiling(64, 4, 64, 4), tiling(128, 8, 64, 4)
+    previous = tiling(64, 4, 128, 2)  # both steps' tiling before the profile: 1 chunk in flight
     return [
         ("routed default", sizes()),
-        ("routed route TR64 HC64 st4", sizes(route=route64)),
-        ("routed tile TB64 HC64 st4", sizes(tile=tile64)),
-        ("routed route TR128 w8 HC64 st4", sizes(route=route128)),
-        ("routed route TR128 w8 HC64 st3", sizes(route=tiling(128, 8, 64, 3))),
-        ("routed route TR128 w4 HC64 st4", sizes(route=tiling(128, 4, 64, 4))),
-        ("routed tile TB128 w8 HC64 st4", sizes(route=route64, tile=tile128)),
-        ("routed tile TB128 w8 HC64 st3", sizes(route=route64, tile=tiling(128, 8, 64, 3))),
-        ("routed tile TB128 w4 HC64 st4", sizes(route=route64, tile=tiling(128, 4, 64, 4))),
-        ("routed S6 TR64 TB64", sizes(sub_levels=6, route=route64, tile=tile64)),
-        ("routed S6 TR128 TB128", sizes(sub_levels=6, route=route128, tile=tile128)),
-        ("routed S6 TR128 TB64", sizes(sub_levels=6, route=route128, tile=tile64)),
+        ("routed previous default HC128 st2", sizes(route=previous, tile=previous)),
+        ("routed route HC64 st3", sizes(route=tiling(64, 4, 64, 3))),
+        ("routed tile HC64 st3", sizes(tile=tiling(64, 4, 64, 3))),
+        ("routed route TR128 w8", sizes(route=tiling(128, 8, 64, 4))),
+        ("routed tile TB128 w8", sizes(tile=tiling(128, 8, 64, 4))),
+        ("routed S6", sizes(sub_levels=6)),
+        ("routed S6 route TR128 w8", sizes(sub_levels=6, route=tiling(128, 8, 64, 4))),
     ]
 
 
