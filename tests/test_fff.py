@@ -96,8 +96,12 @@ def test_masked_equals_conditional_outputs_and_gradients(rng, trees, depth, hidd
 @pytest.mark.parametrize("impl", ["masked", "conditional", "auto"])
 def test_gradients_match_float64_finite_differences(rng, impl):
     """jax.grad of sum(y * c) equals the float64 reference's central differences (routing held fixed)."""
-    x, w_in, b_in, w_out = draw(rng, 2, 3, 8, lead=(4,))
+    # A token passes the 0.05 margin on all 8 on-path logits with probability about 0.7: draw 32 so that
+    # at least 4 pass (failing that is about 1e-12 likely), then keep 4 to keep the test fast.
+    x, w_in, b_in, w_out = draw(rng, 2, 3, 8, lead=(32,))
     x = unambiguous(x, w_in, b_in, 0.05)
+    assert len(x) >= 4, f"only {len(x)} of 32 tokens route unambiguously"
+    x = x[:4]
     c = rng.standard_normal(x.shape)
 
     def loss64(x_, w_in_, b_in_, w_out_):
