@@ -13,6 +13,8 @@ import re
 
 import jax.numpy as jnp
 
+from ufbert_jax import fff
+
 FEEDFORWARDS = ("dense", "fff")
 DTYPES = ("float32", "bfloat16")
 
@@ -49,6 +51,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.feedforward not in FEEDFORWARDS:
             raise ValueError(f"feedforward={self.feedforward!r}; expected one of {FEEDFORWARDS}")
+        fff.check_impl(self.fff_impl)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {DTYPES}")
         if self.hidden % self.heads:

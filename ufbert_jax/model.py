@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ufbert_jax import fff
+from ufbert_jax import fff, fff_math
 from ufbert_jax.config import ModelConfig
 
 INIT_STD = 0.02
@@ -110,7 +110,7 @@ class DenseFeedForward(nnx.Module):
 
     def __call__(self, h: jax.Array) -> jax.Array:
         """[B, S, H] -> [B, S, H]."""
-        return self.dense_out(fff.gelu(self.dense_in(h)))
+        return self.dense_out(fff_math.gelu(self.dense_in(h)))
 
 
 class FastFeedForward(nnx.Module):
