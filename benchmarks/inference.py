@@ -61,7 +61,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batches", type=ints, default=[1, 8, 32, 128, 512], help="sequences per call")
     parser.add_argument("--seq", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--rounds", type=int, default=3, help="timed loops per row (median reported)")
-    parser.add_argument("--loop-s", type=float, default=0.5, help="wall time of one timed loop")
+    parser.add_argument("--loop-s", type=float, default=0.25, help="wall time of one timed loop")
     parser.add_argument("--quick", action="store_true", help="one round, one call per loop (CI-size time)")
     parser.add_argument("--impls", type=names, default=None, help="FFF impls (default: all available)")
     parser.add_argument("--heads", type=names, default=list(HEADS))
