@@ -192,7 +192,7 @@ def test_bad_operands_give_clear_errors(shapes, dtypes, error, match):
 def raw_call(*args):
     """The custom call without the Python checks, to reach the handler's own validation."""
     out = jax.ShapeDtypeStruct(args[0].shape, args[0].dtype)
-    return jax.ffi.ffi_call(fff_cpu.TARGET, out)(*args)
+    return jax.ffi.ffi_call(fff_cpu.target(fff_cpu.isa()), out)(*args)
 
 
 @pytest.mark.parametrize(
@@ -220,6 +220,33 @@ def test_the_handler_validates_before_touching_memory(shapes, dtypes, match):
     args = [jnp.zeros(s, d) for s, d in zip(shapes, dtypes, strict=True)]
     with pytest.raises(Exception, match=match):  # XlaRuntimeError (INVALID_ARGUMENT)
         jax.block_until_ready(raw_call(*args))
+
+
+LANES = {"avx512": 16, "avx2": 8, "portable": 1}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("name", fff_cpu.supported_isas())
+def test_every_build_this_cpu_runs_matches_conditional(rng, monkeypatch, name, dtype):
+    """$UFBERT_JAX_FFF_CPU_ISA forces a build (the AVX2 one on an AVX-512 machine): the call lowers to
+    that build's target, which is compiled for its vector width, and matches the reference."""
+    monkeypatch.setenv(fff_cpu.ISA_ENV, name)
+    assert fff_cpu.isa() == name
+    if name in LANES:
+        assert fff_cpu.built_vector_width(name) == LANES[name]
+    forced = jax.jit(lambda *a: fff_cpu.fff_cpu(*a))  # a fresh function: traced with the forced build
+    for trees, depth, hidden, tokens in ((1, 11, 768, 600), (3, 5, 100, 300), (2, 3, 7, 50)):
+        args = operands(rng, trees, depth, hidden, tokens, dtype)
+        assert fff_cpu.target(name) in forced.lower(*args).as_text()
+        assert_close(forced(*args), conditional(*args), dtype)
+
+
+def test_the_widest_build_is_the_default_and_bad_isa_names_are_named(monkeypatch):
+    monkeypatch.delenv(fff_cpu.ISA_ENV, raising=False)
+    assert fff_cpu.isa() == fff_cpu.supported_isas()[0]
+    monkeypatch.setenv(fff_cpu.ISA_ENV, "sse9")
+    with pytest.raises(fff_cpu.BuildError, match=r"UFBERT_JAX_FFF_CPU_ISA='sse9' is not one of"):
+        fff_cpu.isa()
 
 
 def test_auto_picks_the_kernel_on_cpu(rng):
