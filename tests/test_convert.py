@@ -3,7 +3,7 @@ and workdir, fill-mask, and clear errors on bad input.
 
 Every checkpoint here is synthetic but in the exact original format: config.json with a published-style
 `arch` dict, model.safetensors with the original key names and shapes (written out below from
-ULTRAFASTBERT_FACTS §6, independent of ufbert_jax.state_dict), random non-zero biases and norms, and a
+docs/published_model.md, independent of ufbert_jax.state_dict), random non-zero biases and norms, and a
 tokenizer.json whose special tokens are in a non-default order.
 """
 

@@ -83,7 +83,7 @@ CONTINUING_PREFIX = "##"
 
 
 def continuation_tokens(tokenizer: Tokenizer) -> list[str]:
-    """"##c" for every character c that can follow another inside a word after `tokenizer`'s normaliser
+    """ "##c" for every character c that can follow another inside a word after `tokenizer`'s normaliser
     and pre-tokenizer (for our pipeline: lowercase letters, digits, control characters), in code order.
 
     Asks the tokenizer's own normaliser and pre-tokenizer about each ASCII character (nothing else
@@ -178,7 +178,7 @@ def longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
 def encode_texts(tokenizer: Tokenizer, texts: tuple[list[str], ...], max_len: int) -> list[np.ndarray]:
     """Token ids [<= max_len] int32 per example: "A <sep>" for one text, "<cls> A <sep> B <sep>" for two.
 
-    The layout of the cramming tokenizer's post-processor (ULTRAFASTBERT_FACTS section 3), added here so
+    The layout of the cramming tokenizer's post-processor (docs/glue.md, Tokenisation), added here so
     that any tokenizer file works with or without one. `texts` holds one list of strings per column. Text
     beyond `max_len` is cut before the special tokens are added: a single text from its end, a pair
     longest-first (the longer side loses a token at a time, the second on ties), as Hugging Face does.
