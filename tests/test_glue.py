@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -230,6 +231,47 @@ def test_label_outside_the_task_set_is_an_error(tmp_path, rng, task, bad, messag
         read_tsv(TASKS[task], path)
 
 
+@pytest.mark.parametrize(
+    ("task", "stem", "content", "message"),
+    [
+        ("rte", "dev", b"index\tsentence1\tsentence2\tlabel\n", "no examples, only a header"),
+        ("rte", "train", b"index\tsentence1\tsentence2\tlabel\n", "no examples, only a header"),
+        ("cola", "dev", b"", "empty file; expected a GLUE cola TSV"),
+        ("sst2", "train", b"\n\n", "empty file; expected a GLUE sst2 TSV"),
+        ("rte", "dev", b"index\tsentence1\xff\xfe\n\x89PNG", "not UTF-8 text"),
+        ("rte", "dev", b"index\tsentence1\tsentence2\tlabel\n0\ta\x00\tb\tentailment\n", "has NUL bytes"),
+    ],
+    ids=["header-only-dev", "header-only-train", "empty", "blank", "binary", "nul"],
+)
+def test_unusable_files_name_the_file_and_the_problem(tmp_path, rng, task, stem, content, message):
+    """Once "labels (0,) and predictions (0,) must be equal", "non-finite training loss nan" or a bare
+    UnicodeDecodeError, long after the file was read."""
+    write_glue(tmp_path, rng, tasks=(task,))
+    path = tmp_path / TASKS[task].directory / f"{stem}.tsv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path}: {message}"):
+        load_local(TASKS[task], tmp_path)
+
+
+def test_a_row_that_swallows_the_file_is_named(tmp_path, rng):
+    header, rows = _rows("rte", "train", rng, 3)
+    path = tmp_path / "train.tsv"
+    _write(path, header, rows)
+    path.write_text(path.read_text() + "x" * 200_000 + "\n")  # over csv's field size limit
+    with pytest.raises(ValueError, match=rf"{path}:5: field larger than field limit"):
+        read_tsv(TASKS["rte"], path)
+
+
+def test_results_are_written_with_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        paths = report.write({"workdir": "w", "tasks": {}, "averages": metrics.averages({}, {})}, tmp_path)
+    finally:
+        os.umask(old)
+    assert [oct(stat.S_IMODE(path.stat().st_mode)) for path in paths] == ["0o644", "0o644"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]  # no temp files
+
+
 def test_missing_files_skip_the_task_with_the_reason(tmp_path, rng):
     write_glue(tmp_path, rng, tasks=("qnli",))
     (tmp_path / "QNLI" / "train.tsv").unlink()
@@ -266,6 +308,8 @@ def test_hub_source_offline_is_skipped_and_unlabelled_rows_are_errors():
 
     skipped = load_hub(TASKS["rte"], load_dataset=offline)
     assert isinstance(skipped, Skipped) and "no network" in skipped.reason
+    with pytest.raises(ValueError, match=r"nyu-mll/glue/rte:train has no examples"):
+        load_hub(TASKS["rte"], load_dataset=lambda path, name, split: [])
     test_split = [{"sentence1": "a", "sentence2": "b", "label": -1}]
     with pytest.raises(ValueError, match=r"nyu-mll/glue/rte train row 0: label -1 not a class index"):
         load_hub(TASKS["rte"], load_dataset=lambda path, name, split: test_split)
