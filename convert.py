@@ -20,22 +20,15 @@ flags.DEFINE_string("workdir", None, "The ufbert-jax workdir: written from --sou
 flags.DEFINE_string("export", None, "Write --workdir's checkpoint to this directory in the original format.")
 flags.DEFINE_integer("step", None, "With --export: the checkpoint step (default: the latest).")
 flags.mark_flags_as_required(["workdir"])
-flags.register_multi_flags_validator(
-    ["source", "export"],
-    lambda values: (values["source"] is None) != (values["export"] is None),
-    message="give exactly one of --source=DIR_OR_HUB_ID (import) and --export=DIR",
-)
-flags.register_multi_flags_validator(
-    ["source", "step"],
-    lambda values: values["source"] is None or values["step"] is None,
-    message="--step only applies to --export",
-)
+flags.mark_flags_as_mutual_exclusive(["source", "export"], required=True)
 
 
 def main(argv: list[str]) -> None:
     del argv
     fl = flags.FLAGS
     if fl.source is not None:
+        if fl.step is not None:
+            raise app.UsageError("--step only applies to --export")
         model = convert.to_workdir(fl.source, fl.workdir)
         print(f"{fl.source} -> {fl.workdir}: {model.cfg}, {count_params(model):,} parameters, step 0")
     else:

@@ -25,14 +25,10 @@ CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "glue.py"
 config_flags.DEFINE_config_file("config", str(CONFIG_FILE), "GLUE recipe config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Pretraining workdir to fine-tune from (model.json, tokenizer.json).")
 flags.DEFINE_string("glue_dir", None, "GLUE data in the original TSV layout.")
-flags.DEFINE_bool("hub", False, "Read nyu-mll/glue from the Hugging Face Hub instead of --glue_dir.")
+flags.DEFINE_bool("hub", None, "Read nyu-mll/glue from the Hugging Face Hub instead of --glue_dir.")
 flags.DEFINE_string("out", None, "Where results.json and results.md go (default WORKDIR/glue).")
 flags.mark_flags_as_required(["workdir"])
-flags.register_multi_flags_validator(
-    ["glue_dir", "hub"],
-    lambda values: bool(values["glue_dir"]) != values["hub"],
-    message="give exactly one source: --glue_dir=DIR or --hub",
-)
+flags.mark_flags_as_mutual_exclusive(["glue_dir", "hub"], required=True)
 
 
 def main(argv: list[str]) -> int:
@@ -40,6 +36,8 @@ def main(argv: list[str]) -> int:
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax reports every restore at INFO
     logging.getLogger("ufbert_jax").setLevel(logging.INFO)
     fl = flags.FLAGS
+    if not (fl.hub or fl.glue_dir):  # --nohub alone
+        raise app.UsageError("give a source: --glue_dir=DIR or --hub")
     out = Path(fl.out) if fl.out else Path(fl.workdir) / "glue"
     results = evaluate_workdir(fl.config, fl.workdir, None if fl.hub else fl.glue_dir, out)
     print(report.markdown(results), end="")
