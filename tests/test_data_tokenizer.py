@@ -66,6 +66,8 @@ def test_missing_special_token_is_named(tmp_path):
     path.write_text(Tokenizer(models.WordPiece({"<unk>": 0, "a": 1}, unk_token="<unk>")).to_str())
     with pytest.raises(ValueError, match="<pad>"):
         SpecialIds.of(load_tokenizer(path))
+    with pytest.raises(ValueError, match=rf"{path}: tokenizer lacks the special tokens \['<pad>'"):
+        SpecialIds.of(load_tokenizer(path), path)
 
 
 def test_vocab_size_too_small(tmp_path):

@@ -318,9 +318,10 @@ def read_state_dict(directory: str | Path) -> dict[str, np.ndarray]:
 
 def read_tokenizer(directory: str | Path, cfg: ModelConfig) -> Tokenizer:
     """tokenizer.json of `directory`; it must hold every special token and fit the model's vocabulary."""
-    tokenizer = load_tokenizer(Path(directory) / TOKENIZER_FILE)
-    SpecialIds.of(tokenizer)
-    check_vocabulary(tokenizer, cfg.vocab_size, str(Path(directory) / TOKENIZER_FILE))
+    path = Path(directory) / TOKENIZER_FILE
+    tokenizer = load_tokenizer(path)
+    SpecialIds.of(tokenizer, path)
+    check_vocabulary(tokenizer, cfg.vocab_size, str(path))
     return tokenizer
 
 

@@ -218,7 +218,7 @@ def prepare_shards(
         "dtype": token_dtype(actual_vocab).name,
         "tokenizer_sha256": file_sha256(tokenizer_path),
         "sources": sources,
-        "separator_id": SpecialIds.of(tokenizer).sep,
+        "separator_id": SpecialIds.of(tokenizer, tokenizer_path).sep,
     }
     if (out_dir / MANIFEST_FILE).is_file():
         _check_reusable(read_manifest(out_dir), wanted, out_dir)

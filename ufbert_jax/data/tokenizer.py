@@ -33,13 +33,15 @@ class SpecialIds:
     mask: int
 
     @classmethod
-    def of(cls, tokenizer: Tokenizer) -> SpecialIds:
-        """Reads the ids from the tokenizer; a missing special token is a ValueError naming it."""
+    def of(cls, tokenizer: Tokenizer, where: str | Path | None = None) -> SpecialIds:
+        """Reads the ids from the tokenizer; a missing special token is a ValueError naming it (and
+        `where`, the tokenizer's file, when given)."""
         ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
         missing = [token for token, i in ids.items() if i is None]
         if missing:
+            prefix = "" if where is None else f"{where}: "
             raise ValueError(
-                f"tokenizer lacks the special tokens {missing}; expected all of {SPECIAL_TOKENS}"
+                f"{prefix}tokenizer lacks the special tokens {missing}; expected all of {SPECIAL_TOKENS}"
             )
         return cls(*(ids[token] for token in SPECIAL_TOKENS))
 

@@ -166,12 +166,14 @@ class Pretrained:
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> Pretrained:
-        """Reads model.json and tokenizer.json; a vocabulary mismatch between them is a ValueError."""
+        """Reads model.json and tokenizer.json; a tokenizer without the special tokens or with ids beyond
+        the model's vocabulary is a ValueError."""
         workdir = Path(workdir)
         cfg = checkpoint.load_config(workdir)
         tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
         tokenizer.no_truncation()  # truncation and padding are ours (encoding.py)
         tokenizer.no_padding()
+        SpecialIds.of(tokenizer, checkpoint.tokenizer_path(workdir))  # before any task, naming the file
         check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
         return cls(workdir, cfg, tokenizer, step)
 
