@@ -12,7 +12,7 @@
 #   2. train.py (4.5 minutes of training plus compilation and the final checkpoint);
 #   3. eval_glue.py with configs/glue_h200.py, one process per task, side by side on the GPU when its
 #      compute mode lets several processes share it (one after the other otherwise), each cut at the
-#      deadline REPRO_DEADLINE_S seconds after the start (default 570);
+#      deadline REPRO_DEADLINE_S seconds after the start (default 560);
 #   4. the results into $OUT/NAME/ (at most 8 files, each far below 16 MiB): log.txt, run.json (config,
 #      stage times, machine), metrics.jsonl, loss.png, results.json (all GLUE tasks), glue.log.
 # For a test off the GPU: REPRO_SKIP_ENV=1 PYTHON=.venv/bin/python and shrinking flags (docs/RESULTS.md);
@@ -29,9 +29,9 @@ OUT=${OUT:-runs/h200-out}
 RESULTS="$OUT/$NAME"
 WORKDIR="runs/h200-$NAME"
 GLUE_OUT="$WORKDIR/glue"
-GLUE_TASKS=${REPRO_GLUE_TASKS:-cola,sst2,mrpc,stsb,rte}
+GLUE_TASKS=${REPRO_GLUE_TASKS:-rte,mrpc,stsb,cola,sst2}  # shortest first, for the one-by-one case
 read -r -a GLUE_FLAGS <<< "${REPRO_GLUE_FLAGS:-}"
-DEADLINE=${REPRO_DEADLINE_S:-570}
+DEADLINE=${REPRO_DEADLINE_S:-560}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -24,6 +25,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
+from ufbert_jax.config import preset
 from ufbert_jax.glue import metrics, report
 from ufbert_jax.glue.tasks import get_task
 
@@ -120,6 +122,7 @@ def pretraining_summary(run: dict) -> dict:
         previous = record["step"]
     return {
         "model": config["model"],
+        "dense": preset(config["model"], **config["model_overrides"]).feedforward == "dense",
         "steps": steps,
         "updates": round(updates),
         "tokens": steps * tokens_per_step,
@@ -198,14 +201,14 @@ def glue_table(runs: list[dict]) -> list[str]:
 
 
 def ratio_table(runs: list[dict]) -> list[str]:
-    """Each non-dense run over the (first) crammedBERT run, and the paper's UltraFastBERT over its dense."""
+    """Each FFF run over the (first) dense run, and the paper's UltraFastBERT over its crammedBERT."""
     lines = [
         "| ratio | "
         + " | ".join(get_task(t).directory for t in OUR_TASKS)
         + " | avg (5) | avg w/o CoLA (4) |",
         "|---|" + "---|" * (len(OUR_TASKS) + 2),
     ]
-    dense = [run for run in runs if run["summary"]["model"].startswith("crammedbert")]
+    dense = [run for run in runs if run["summary"]["dense"]]
     for run in runs:
         if dense and run is not dense[0]:
             a, b = run["scores"], dense[0]["scores"]
@@ -271,7 +274,7 @@ def plot(runs: list[dict], path: Path) -> None:
 
 
 def results_block(runs: list[dict], plot_path: Path, doc: Path) -> str:
-    relative = Path(*([".."] * (len(doc.parent.parts)))) / plot_path if doc.parent.parts else plot_path
+    relative = Path(os.path.relpath(plot_path, doc.parent))
     lines = [
         BEGIN,
         "",
