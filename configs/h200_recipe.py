@@ -12,9 +12,9 @@ What differs from configs/recipe.py, and why:
                 240 optimizer updates. 512 keeps ~2,700 / ~1,600 updates (the paper's run makes ~10^5:
                 its batch is ramped because updates are cheap there, not scarce).
   data          the .device/ folder of benchmarks/prepare_h200_data.py: a 32768-token WordPiece vocabulary
-                on Wikipedia (2015, 6.5k articles) + 150 Gutenberg books, 38% of the packed corpus kept
-                (12.7M tokens; the device command carries at most 64 MiB). The sources must stay the strings the shards
-                were packed from: train.py checks them against the manifest.
+                on Wikipedia (2015, 6.5k articles) + 150 Gutenberg books, 38% of the packed corpus
+                kept (12.7M tokens; the device command carries at most 64 MiB). The sources must stay
+                the strings the shards were packed from: train.py checks them against the manifest.
   worker_count  4 grain processes assemble the masked batches (one process makes ~3k rows/s: the dense
                 model needs ~3k).
   eval_every    500 steps on 25 held-out microbatches (3,200 rows never trained on): ~13 (dense) and ~8
