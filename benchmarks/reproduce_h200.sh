@@ -9,7 +9,7 @@
 # second run of a model, e.g. at equal steps: REPRO_NAME=ultrafastbert-1x11-steps ... --config.steps=N
 # --config.budget_hours=0). Stages, each under a time cap so that the command ends inside 10 minutes:
 #   1. benchmarks/gpu_env.sh (the imports and wheels of the device machine), when it exists;
-#   2. train.py (4.5 minutes of training plus compilation and the final checkpoint);
+#   2. train.py (4 minutes of training plus compilation and the final checkpoint);
 #   3. eval_glue.py with configs/glue_h200.py, one process per task, side by side on the GPU when its
 #      compute mode lets several processes share it (one after the other otherwise), each cut at the
 #      deadline REPRO_DEADLINE_S seconds after the start (default 560);

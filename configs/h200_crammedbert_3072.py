@@ -1,4 +1,4 @@
-"""crammedBERT-3072 on the H200 for 4.5 minutes: the dense baseline of the reproduction (docs/RESULTS.md).
+"""crammedBERT-3072 on the H200 for 4 minutes: the dense baseline of the reproduction (docs/RESULTS.md).
 
 The model of configs/crammedbert_3072.py (16 layers, hidden 768, a 3072-wide GELU feedforward) under the
 minute-scale recipe of configs/h200_recipe.py, which configs/h200_ultrafastbert_1x11.py shares. One device
@@ -10,8 +10,9 @@ which runs, among others,
 
     python train.py --config=configs/h200_crammedbert_3072.py --workdir=runs/h200-crammedbert-3072
 
-Expected on one H200: 4.5 minutes of training at ~395k tokens/s (docs/pretraining.md) = ~105M tokens,
-~6,500 microbatch steps, the held-out MLM loss every 500 steps; about 8 minutes for the whole command.
+Expected on one H200: 4 minutes of training at ~395k tokens/s (docs/pretraining.md), ~20 s of it compiling:
+~5,300 microbatch steps = ~87M tokens, the held-out MLM loss every 500 steps; about 8.5 minutes for the
+whole command.
 """
 
 import ml_collections

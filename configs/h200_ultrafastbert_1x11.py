@@ -1,4 +1,4 @@
-"""UltraFastBERT-1x11 on the H200 for 4.5 minutes: the paper's model in the reproduction (docs/RESULTS.md).
+"""UltraFastBERT-1x11 on the H200 for 4 minutes: the paper's model in the reproduction (docs/RESULTS.md).
 
 The model of configs/ultrafastbert_1x11.py (16 layers, hidden 768, one FFF tree of depth 11 per layer)
 under the minute-scale recipe of configs/h200_recipe.py, the same budget, data and schedule as
@@ -11,8 +11,9 @@ which runs, among others,
 
     python train.py --config=configs/h200_ultrafastbert_1x11.py --workdir=runs/h200-ultrafastbert-1x11
 
-Expected on one H200: 4.5 minutes of training; in the masked training form ~240k tokens/s
-(docs/pretraining.md) = ~65M tokens, ~4,000 microbatch steps; about 8 minutes for the whole command.
+Expected on one H200: 4 minutes of training, ~20 s of it compiling; in the masked training form at ~240k
+tokens/s (docs/pretraining.md) ~3,200 microbatch steps = ~53M tokens (more with a sparse training form);
+about 8.5 minutes for the whole command.
 """
 
 import ml_collections
