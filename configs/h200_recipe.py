@@ -10,8 +10,7 @@ What differs from configs/recipe.py, and why:
   final_batch   512 instead of 8192 (ramp 128 -> 512 sequences at 60% of the budget). At ~24 (dense) and
                 ~15 (1x11, masked form) microbatch steps/s, 4 minutes are ~5,300 and ~3,200 microbatches
                 of 128 sequences; ramping to 8192 (64 microbatches per update) would leave the 1x11
-                model about 160 optimizer updates. 512 keeps ~2,200 / ~1,300 updates (the paper's run makes ~10^5:
-                its batch is ramped because updates are cheap there, not scarce).
+                model about 160 optimizer updates; 512 keeps ~2,200 / ~1,300 updates of 65k tokens.
   data          the .device/ folder of benchmarks/prepare_h200_data.py: a 32768-token WordPiece vocabulary
                 on Wikipedia (2015, 6.5k articles) + 150 Gutenberg books, 38% of the packed corpus
                 kept (12.7M tokens; the device command carries at most 64 MiB). The sources must stay
