@@ -30,8 +30,9 @@ from absl import app, flags
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from ufbert_jax import io
 from ufbert_jax.data.shards import MANIFEST_FILE, documents, prepare_shards, read_manifest
-from ufbert_jax.data.tokenizer import save_atomically, train_wordpiece
+from ufbert_jax.data.tokenizer import train_wordpiece
 
 config_flags.DEFINE_config_file("config", None, "an H200 train config (configs/h200_*.py)", lock_config=True)
 flags.DEFINE_integer("shard_rows", 8192, "rows per packed shard (2 MiB at seq_len 128)")
@@ -72,7 +73,7 @@ def subsample_shards(shard_dir: Path, keep: int) -> dict:
     }
     new = {**manifest, "shards": [shards[i] for i in kept], "subsample": subsample}
     new["rows"] = sum(s["rows"] for s in new["shards"])
-    save_atomically(json.dumps(new, indent=2) + "\n", shard_dir / MANIFEST_FILE)
+    io.write_text(shard_dir / MANIFEST_FILE, json.dumps(new, indent=2) + "\n")
     return new
 
 

@@ -42,8 +42,8 @@ left() { local s=$((DEADLINE - SECONDS - ${1:-0})); echo $((s > 1 ? s : 1)); }  
 
 run_task() {
     local task=$1
-    timeout "$(left)" "$PY" eval_glue.py --config configs/glue_h200.py --workdir "$WORKDIR" \
-        --glue_dir .device/glue --tasks "$task" --out "$GLUE_OUT/$task" "${GLUE_FLAGS[@]}" \
+    timeout "$(left)" "$PY" eval_glue.py --config=configs/glue_h200.py --workdir="$WORKDIR" \
+        --glue_dir=.device/glue --config.tasks="$task" --out="$GLUE_OUT/$task" "${GLUE_FLAGS[@]}" \
         > "$GLUE_OUT/$task.log" 2>&1 || echo "$task: exit status $? (124: cut at the deadline)" >> "$GLUE_OUT/$task.log"
 }
 

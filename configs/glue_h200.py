@@ -11,9 +11,9 @@ configs/glue.py:
 Kept: batch 16, lr 4e-5, AdamW (0.9, 0.98, 1e-6), no weight decay, 10% warmup + cosine, dropout 0.1, the dev
 score after the last epoch. Steps at batch 16: CoLA 2,675, SST-2 4,210, MRPC 1,150, STS-B 1,800, RTE 780.
 
-    python eval_glue.py --config configs/glue_h200.py --workdir WORKDIR --glue_dir .device/glue
+    python eval_glue.py --config=configs/glue_h200.py --workdir=WORKDIR --glue_dir=.device/glue
 
-benchmarks/reproduce_h200.sh runs one such process per task (--tasks TASK) side by side on the GPU.
+benchmarks/reproduce_h200.sh runs one such process per task (--config.tasks=TASK) side by side on the GPU.
 """
 
 import ml_collections
@@ -27,5 +27,6 @@ def get_config() -> ml_collections.ConfigDict:
     config = glue.get_config()
     config.tasks = ",".join(TASKS)
     config.buckets = ()
-    config.task_overrides = {"cola": {"epochs": 5}, "sst2": {"epochs": 1}}
+    config.task_overrides.cola.epochs = 5
+    config.task_overrides.sst2.epochs = 1
     return config
