@@ -29,7 +29,10 @@ class _Tap(nnx.Module):
 
 
 def tap(model: nnx.Module) -> tuple[nnx.Module, list[FastFeedForward]]:
-    """(an eval-mode copy of `model` whose FFF layers record their inputs, those layers in model order)."""
+    """(an eval-mode copy of `model` whose FFF layers record their inputs, those layers in model order).
+
+    The copy shares the model's arrays; the model itself is left as it is.
+    """
     copy = nnx.clone(model)
     copy.eval()
     paths = [path for path, node in nnx.iter_graph(copy) if isinstance(node, FastFeedForward)]
@@ -49,12 +52,15 @@ def tap(model: nnx.Module) -> tuple[nnx.Module, list[FastFeedForward]]:
     return copy, layers
 
 
-def run_tapped(tapped: nnx.Module, token_ids: jax.Array, attention_mask: jax.Array | None) -> list[jax.Array]:
-    """Runs a model made by `tap` and returns each FFF layer's input [B, S, H], in model order."""
+def run_tapped(
+    tapped: nnx.Module, token_ids: jax.Array, attention_mask: jax.Array | None
+) -> list[tuple[FastFeedForward, jax.Array]]:
+    """Runs a model made by `tap`: (each FFF layer, the input [B, S, H] it received), in model order."""
     forward = nnx.capture(lambda m, ids, mask: m(ids, mask), nnx.Intermediate)
     _, sowed = forward(tapped, token_ids, attention_mask)
-    inputs = [var.get_value() for path, var in nnx.to_flat_state(sowed) if path[-1] == FFF_INPUT]
-    return [value for values in inputs for value in values]
+    inputs = {path[:-1]: var.get_value() for path, var in nnx.to_flat_state(sowed) if path[-1] == FFF_INPUT}
+    taps = [(path, node) for path, node in nnx.iter_graph(tapped) if isinstance(node, _Tap)]
+    return [(node.inner, value) for path, node in taps for value in inputs[path]]
 
 
 def fff_inputs(
@@ -62,4 +68,4 @@ def fff_inputs(
 ) -> list[jax.Array]:
     """The input [B, S, H] each FFF layer of `model` (in eval mode) receives for token_ids [B, S]."""
     tapped, _ = tap(model)
-    return run_tapped(tapped, token_ids, attention_mask)
+    return [value for _, value in run_tapped(tapped, token_ids, attention_mask)]
