@@ -13,6 +13,8 @@ import re
 
 import jax.numpy as jnp
 
+from ufbert_jax import fff
+
 FEEDFORWARDS = ("dense", "fff")
 DTYPES = ("float32", "bfloat16")
 FFF_ROUTINGS = ("hard", "soft")  # ufbert_jax.fff_variants
@@ -29,6 +31,8 @@ class ModelConfig:
       fff_impl: how the FFF runs (see ufbert_jax.fff.resolve_impl); the model never looks at it.
       fff_routing, fff_hardening, fff_transpose: FFF variants for experiments (ufbert_jax.fff_variants):
         "hard" routing with no hardening loss and no transpositions is the original UltraFastBERT.
+      attention_impl: how attention runs: "auto", "xla" or "cudnn" (see
+        ufbert_jax.model.resolve_attention_impl); the same mathematics in every one.
       dtype: compute dtype; parameters are always float32.
       dropout: rate for embeddings, attention probabilities and residual branches (0.1 in the original;
         pretraining runs with dropout off, GLUE fine-tuning with it on).
@@ -47,6 +51,7 @@ class ModelConfig:
     fff_routing: str = "hard"
     fff_hardening: float = 0.0
     fff_transpose: float = 0.0
+    attention_impl: str = "auto"
     norm_eps: float = 1e-12
     dropout: float = 0.1
     dtype: str = "float32"
@@ -55,6 +60,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.feedforward not in FEEDFORWARDS:
             raise ValueError(f"feedforward={self.feedforward!r}; expected one of {FEEDFORWARDS}")
+        fff.check_impl(self.fff_impl)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {DTYPES}")
         if self.hidden % self.heads:

@@ -4,7 +4,7 @@ Shape legend: T tokens, H hidden, K trees, N = 2^(D+1) - 1 nodes per tree (heap 
 L = D + 1 levels.
 
 Each variant is chosen by a ModelConfig field; the default of every field is the original UltraFastBERT
-(ufbert_jax.fff: hard routing, no extra loss), which `Routing` then runs through `fff.apply` unchanged.
+(ufbert_jax.fff_math: hard routing, no extra loss), which `Routing` then runs through `fff.apply` unchanged.
 
 Every node n of a tree is a neuron with logit z_n (float32, as in ufbert_jax.fff) and contribution
 GELU(z_n) w_out[n]. Write s_n for the weight of the right child 2n+2 and 1 - s_n for the left child 2n+1,
@@ -12,7 +12,7 @@ and r_n for the reach weight of node n: r_0 = 1, r_{2n+1} = r_n (1 - s_n), r_{2n
 y = sum over trees and nodes of r_n GELU(z_n) w_out[n]; equivalently F_n = GELU(z_n) w_out[n] +
 (1 - s_n) F_{2n+1} + s_n F_{2n+2} with y = sum over trees of F_0.
 
-  * fff_routing="hard": s_n = 1[z_n > 0], so r is the 0/1 map of the L visited nodes (ufbert_jax.fff).
+  * fff_routing="hard": s_n = 1[z_n > 0], so r is the 0/1 map of the L visited nodes (ufbert_jax.fff_math).
   * fff_routing="soft": s_n = sigmoid(z_n), the training-time mixture of Belcak & Wattenhofer, "Fast
     Feedforward Networks" (arXiv 2308.14711), for the UltraFastBERT tree where every node is a neuron:
     every node contributes, weighted by the probability that a token taking each decision at random
@@ -30,8 +30,8 @@ y = sum over trees and nodes of r_n GELU(z_n) w_out[n]; equivalently F_n = GELU(
     Like dropout it is a training-time device; pretraining runs in eval mode, so it is switched by the
     config, not by train()/eval(): evaluate with fff_transpose=0.
 
-The hard and soft forms follow ufbert_jax.fff's numerics: float32 logits, the weighted activation rounded to
-the weights' dtype before the output product, which accumulates in float32; the result has x's dtype.
+The hard and soft forms follow ufbert_jax.fff_math's numerics: float32 logits, the weighted activation rounded
+to the weights' dtype before the output product, which accumulates in float32; the result has x's dtype.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ufbert_jax import fff
+from ufbert_jax import fff, fff_math
 from ufbert_jax.config import FFF_ROUTINGS, ModelConfig
 
 HARDENING = "fff_hardening"  # the name Routing sows its per-layer hardening term under
@@ -62,7 +62,7 @@ def reach_weights(right: jax.Array) -> jax.Array:
 
     r_0 = 1, r_{2n+1} = r_n (1 - s_n), r_{2n+2} = r_n s_n. With s in {0, 1} this is the 0/1 path map.
     """
-    depth = fff.depth_from_nodes(right.shape[-1])
+    depth = fff_math.depth_from_nodes(right.shape[-1])
     levels = [jnp.ones((*right.shape[:-1], 1), right.dtype)]  # level 0: the root, [T, K, 1]
     for level in _level_slices(depth)[:-1]:
         reach, s = levels[-1], right[..., level]  # [T, K, 2^l] each
@@ -73,7 +73,7 @@ def reach_weights(right: jax.Array) -> jax.Array:
 
 def _mix(logits: jax.Array, weights: jax.Array, w_out: jax.Array, dtype) -> jax.Array:
     """sum over trees and nodes of weights * GELU(logits) * w_out: [T, K, N] x2, [K, N, H] -> [T, H]."""
-    activations = (fff.gelu(logits) * weights).astype(w_out.dtype)
+    activations = (fff_math.gelu(logits) * weights).astype(w_out.dtype)
     y = jnp.einsum("tkn,knh->th", activations, w_out, preferred_element_type=jnp.float32)
     return y.astype(dtype)
 
@@ -82,10 +82,10 @@ def hard(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, flip:
     """Hard routing with the decisions where `flip` is True swapped.
 
     x [T, H]; w_in, w_out [K, N, H]; b_in [K, N]; flip [T, K, N] bool or None -> [T, H]. Without flips this is
-    fff.masked, the original training form; routing gets no gradient either way.
+    fff_math.masked, the original training form; routing gets no gradient either way.
     """
     if flip is None:
-        return fff.masked(x, w_in, b_in, w_out)
+        return fff_math.masked(x, w_in, b_in, w_out)
     logits = node_logits(x, w_in, b_in)  # [T, K, N]
     go_right = (logits > 0) != flip  # [T, K, N]
     return _mix(logits, reach_weights(go_right.astype(jnp.float32)), w_out, x.dtype)
@@ -110,7 +110,7 @@ def decision_entropy(x: jax.Array, w_in: jax.Array, b_in: jax.Array) -> jax.Arra
     nodes of H(sigmoid(z)) = s softplus(-z) + (1 - s) softplus(z), s = sigmoid(z) (exact, no clipping); 0 for
     D = 0. In [0, ln 2].
     """
-    depth = fff.depth_from_nodes(w_in.shape[1])
+    depth = fff_math.depth_from_nodes(w_in.shape[1])
     if depth == 0:
         return jnp.zeros((), jnp.float32)
     logits = node_logits(x, w_in[:, : 2**depth - 1], b_in[:, : 2**depth - 1])  # [T, K, 2^D - 1]
@@ -137,7 +137,7 @@ def apply(
         raise ValueError(f"unknown FFF routing {routing!r}; expected one of {FFF_ROUTINGS}")
     if routing == "hard" and flip is None:
         return fff.apply(x, w_in, b_in, w_out, impl=impl)
-    trees, nodes, _ = fff.check_shapes(x, w_in, b_in, w_out)
+    trees, nodes, _ = fff_math.check_shapes(x, w_in, b_in, w_out)
     flat = x.reshape(-1, x.shape[-1])  # [..., H] -> [T, H]
     if flip is not None:
         if flip.shape != (*x.shape[:-1], trees, nodes):
