@@ -14,11 +14,12 @@ token's path logits (``Routing``), so nothing is walked twice. The backward:
    activations, and dx = dZ W_in[rows] (two tile products per chunk).
 2. weight gradients (one program per item of at most RUNS runs of one bucket and per hidden chunk): loops
    over its runs, accumulating dZ^T X and A^T G in float32 for the bucket's SW subtree columns and its A top
-   path columns on tensor cores, and writes them as partial sums, without atomics. XLA adds the partials:
-   a sorted segment sum over the items of each bucket gives the subtree rows (the bucket owns them), and
-   one small segment sum over the B * A top partials gives the 2^U - 1 top rows that all buckets share.
-   Bounding an item's runs bounds every program's work under any routing skew (at random initialisation
-   in the model, most tokens can crowd into a few buckets).
+   path columns on tensor cores, and writes them as partial sums, without atomics. Bounding an item's runs
+   bounds every program's work under any routing skew (at random initialisation in the model, most tokens
+   can crowd into a few buckets).
+3. gradient rows (one program per bucket and hidden chunk): adds the bucket's item partials and stores its
+   subtree's rows in heap order (the bucket owns them) and its sums for the top path columns; one small
+   segment sum in XLA adds the B * A top sums into the 2^U - 1 top rows that all buckets share.
 
 dZ and X (A and G) enter the tile products in the weights' dtype (bfloat16), with float32 accumulation;
 the masked form's gradients are the same sums in another order and rounding.
@@ -45,7 +46,7 @@ from .fff_pallas_routed import (
     subtree_rows,
     work_items,
 )
-from .pallas_math import Tiling, dot, gelu, gelu_grad
+from .pallas_math import Tiling, dot, gelu, gelu_grad, pick
 
 # Runs of TB tokens that one weight-gradient program reduces: bounds every program's work under any routing
 # skew (a program per bucket would serialise a crowded bucket), at the price of partial sums that XLA adds.
@@ -177,6 +178,59 @@ def _weight_grads_kernel(counts_ref, members_ref, x_ref, g_ref, dz_sub_ref, act_
             plgpu.store(db_ref.at[top_rows], db_top)
 
 
+def _gradient_rows_kernel(counts_ref, in_part_ref, out_part_ref, db_part_ref, dw_in_ref, dw_out_ref, db_ref,
+                          top_in_ref, top_out_ref, top_db_ref, *, top_levels, sub_levels, tile_tokens,
+                          block_hidden):  # fmt: skip
+    """Step 3, one (bucket, hidden chunk): the sum of the bucket's item partials, stored as heap-order rows.
+
+    counts_ref [B] float32; *_part_ref as step 2 writes them; dw_in_ref, dw_out_ref [N, Hp] and db_ref [N]
+    float32: the subtree rows (rows 0 .. 2^U - 2 are ``backward``'s to write); top_in_ref, top_out_ref
+    [B * A, Hp] and top_db_ref [B * A] float32: each bucket's sums for its top path columns.
+    """
+    buckets, width = 2**top_levels, 2**sub_levels
+    bucket, chunk = pl.program_id(0), pl.program_id(1)
+    columns, column_ids = _columns(chunk, block_hidden)
+    counts = counts_ref[pl.ds(0, buckets)].astype(jnp.int32)  # [B]
+    item_tokens = RUNS * tile_tokens
+    items = (counts + item_tokens - 1) // item_tokens  # [B], numbered as locate_item numbers them
+    first = pick(jnp.cumsum(items), bucket) - pick(items, bucket)
+    sub_lane = lax.broadcasted_iota(jnp.int32, (width,), 0)
+    top_lane = lax.broadcasted_iota(jnp.int32, (TOP_COLUMNS,), 0)
+
+    def add_item(item, acc):
+        base = (first + item) * (width + TOP_COLUMNS)
+        sub_rows, top_rows = base + sub_lane, base + width + top_lane
+        in_sub, out_sub, in_top, out_top, db_sub, db_top = acc
+        return (
+            in_sub + in_part_ref[sub_rows, columns],  # [SW, HC]
+            out_sub + out_part_ref[sub_rows, columns],
+            in_top + in_part_ref[top_rows, columns],  # [A, HC]
+            out_top + out_part_ref[top_rows, columns],
+            db_sub + db_part_ref[sub_rows],
+            db_top + db_part_ref[top_rows],
+        )
+
+    sub = jnp.zeros((width, block_hidden), jnp.float32)
+    top = jnp.zeros((TOP_COLUMNS, block_hidden), jnp.float32)
+    zeros = (sub, sub, top, top, jnp.zeros((width,), jnp.float32), jnp.zeros((TOP_COLUMNS,), jnp.float32))
+    in_sub, out_sub, in_top, out_top, db_sub, db_top = lax.fori_loop(0, pick(items, bucket), add_item, zeros)
+    # The idle last column is no node: its (zero) row goes to row 0, which backward overwrites with the top
+    # rows (a masked store would do on a GPU, but the interpreter stores masked lanes' old values).
+    rows = jnp.where(sub_lane < width - 1, subtree_rows(bucket, top_levels, sub_levels), 0)  # [SW]
+    top_rows = bucket * TOP_COLUMNS + top_lane  # [A]
+    for ref, sub_sum, top_ref, top_sum in (
+        (dw_in_ref, in_sub, top_in_ref, in_top),
+        (dw_out_ref, out_sub, top_out_ref, out_top),
+    ):
+        plgpu.store(ref.at[rows[:, None], column_ids], sub_sum)
+        plgpu.store(top_ref.at[top_rows[:, None], column_ids], top_sum)
+
+    @pl.when(chunk == 0)
+    def _():
+        plgpu.store(db_ref.at[rows], db_sub)
+        plgpu.store(top_db_ref.at[top_rows], db_top)
+
+
 def _top_ancestors(top_levels: int) -> np.ndarray:
     """[B * A] int32: the global row of bucket b's path node at level j (b-major), 2^U - 1 past U."""
     buckets = 2**top_levels
@@ -225,26 +279,26 @@ def backward(x, w_in, w_out, routing: Routing, g, *, sub_levels: int, tile: Tili
         interpret=interpret,
         name="fff_weight_grads",
     )(routing.counts, routing.members, x, g, dz_sub, act_sub, dz_top, act_top)
-    # Each item's bucket, numbered as locate_item numbers them; items without work go to segment B (dropped).
-    item_runs = (routing.counts.astype(jnp.int32) + RUNS * tile.tokens - 1) // (RUNS * tile.tokens)  # [B]
-    item_bucket = jnp.searchsorted(jnp.cumsum(item_runs), jnp.arange(items), side="right")  # [I]
+    dw_in, dw_out, db_in, *top_partials = pl.pallas_call(
+        functools.partial(_gradient_rows_kernel, **sizes),
+        out_shape=(
+            *[jax.ShapeDtypeStruct((nodes, padded_hidden), jnp.float32)] * 2,  # dw_in, dw_out
+            jax.ShapeDtypeStruct((nodes,), jnp.float32),  # db_in
+            *[jax.ShapeDtypeStruct((buckets * TOP_COLUMNS, padded_hidden), jnp.float32)] * 2,
+            jax.ShapeDtypeStruct((buckets * TOP_COLUMNS,), jnp.float32),
+        ),
+        grid=(buckets, padded_hidden // tile.hidden),
+        compiler_params=params,
+        interpret=interpret,
+        name="fff_gradient_rows",
+    )(routing.counts, *partials)
+    # The 2^U - 1 top rows, shared by all buckets: a segment sum of the B * A per-bucket top sums, written in
+    # place over the rows that step 3 left.
     ancestors = jnp.asarray(_top_ancestors(top_levels))  # [B * A], 2^U - 1 for unused columns
-
-    def rows(partial):
-        """[I * (SW + A), ...] item partials -> [N, ...] gradient rows in heap order."""
-        per_bucket = jax.ops.segment_sum(
-            partial.reshape(items, width + TOP_COLUMNS, *partial.shape[1:]), item_bucket, buckets + 1,
-            indices_are_sorted=True,
-        )[:buckets]  # fmt: skip
-        top = jax.ops.segment_sum(
-            per_bucket[:, width:].reshape(buckets * TOP_COLUMNS, *partial.shape[1:]), ancestors, buckets
-        )[: buckets - 1]  # [2^U - 1, ...] rows 0 .. 2^U - 2
-        # Subtree level j of bucket b holds global rows 2^(U+j) - 1 + b 2^j + i: bucket-major per level.
-        levels = [
-            per_bucket[:, 2**j - 1 : 2 ** (j + 1) - 1].reshape(buckets * 2**j, *partial.shape[1:])
-            for j in range(sub_levels)
-        ]
-        return jnp.concatenate([top, *levels])  # [N, ...]
-
-    dw_in, dw_out, db_in = (rows(partial) for partial in partials)
+    dw_in, dw_out, db_in = (
+        rows.at[: buckets - 1].set(jax.ops.segment_sum(top, ancestors, buckets)[: buckets - 1])
+        for rows, top in zip(
+            (dw_in, dw_out, db_in), (top_partials[0], top_partials[1], top_partials[2]), strict=True
+        )
+    )
     return dx, dw_in, db_in, dw_out
