@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ufbert_jax.train import train_and_evaluate
+from ufbert_jax.train.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and loss.png.")

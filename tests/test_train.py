@@ -26,7 +26,7 @@ from configs import recipe
 from ufbert_jax import checkpoint as ckpt
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import loop, optim
+from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim
 from ufbert_jax.train.steps import mlm_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,7 +266,7 @@ def test_four_steps_equal_two_then_resume_then_two_bitwise(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     # lr 1e38 makes the first update enormous but finite; the next forward pass overflows.
     config = tiny_config(checkpoint_every=1, optimizer=dict(tiny_config().optimizer, lr=1e38))
-    with pytest.raises(loop.NonFiniteLossError, match=r"at step 2.*step 1 in"):
+    with pytest.raises(metrics.NonFiniteLossError, match=r"at step 2.*step 1 in"):
         run_train(config, tmp_path)
     assert ckpt.manager(tmp_path).latest_step() == 1
     model = MaskedLM(loop.model_config(config), nnx.Rngs(5))
@@ -293,9 +293,9 @@ def test_bad_configs_fail_before_writing(tmp_path):
 
 
 def test_resume_refuses_a_different_model(tmp_path):
-    loop.prepare_workdir(tmp_path, preset("tiny-fff"), REPO / "tests" / "test_train.py")
+    checkpointing.prepare_workdir(tmp_path, preset("tiny-fff"), REPO / "tests" / "test_train.py")
     with pytest.raises(ValueError, match=r"different model.*'hidden': \(64, 32\)"):
-        loop.prepare_workdir(tmp_path, preset("tiny-fff", hidden=32), ckpt.tokenizer_path(tmp_path))
+        checkpointing.prepare_workdir(tmp_path, preset("tiny-fff", hidden=32), ckpt.tokenizer_path(tmp_path))
 
 
 MULTI_DEVICE = """
@@ -372,11 +372,11 @@ def data_config(tmp_path, sources, **overrides):
 
 
 def test_evaluation_holds_out_the_tail_of_the_shards():
-    assert loop.held_out_rows(tiny_config(eval_every=0), 100) == 0  # no evaluation: train on every row
+    assert inputs.held_out_rows(tiny_config(eval_every=0), 100) == 0  # no evaluation: train on every row
     config = tiny_config(eval_every=2, eval_batches=3, microbatch=8)
-    assert loop.held_out_rows(config, 48) == 24
+    assert inputs.held_out_rows(config, 48) == 24
     with pytest.raises(ValueError, match=r"holds out eval_batches x microbatch = 24 rows.*only 47"):
-        loop.held_out_rows(config, 47)
+        inputs.held_out_rows(config, 47)
 
 
 @pytest.mark.parametrize("corpus", ["missing", "empty"])

@@ -1,17 +1,21 @@
-"""Throughput accounting (model FLOPs, MFU), the metrics.jsonl log and the loss-curve plot."""
+"""What a run reports: the step-metrics window and its non-finite check, throughput (model FLOPs, MFU),
+and the metrics.jsonl log."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
+
+import jax
+import numpy as np
 
 from ufbert_jax.config import ModelConfig
 
 log = logging.getLogger("ufbert_jax.train")
 
 METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
 
 # Dense bf16 peak FLOP/s per chip, by a substring of jax.Device.device_kind (vendor data sheets, without
 # sparsity). Unknown kinds (CPUs included) have no MFU.
@@ -50,6 +54,61 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     return next((peak for kind, peak in PEAK_BF16_FLOPS.items() if kind in device_kind), None)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+class StepWindow:
+    """The step metrics since the last log record: fetched to the host and checked for non-finite losses."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []  # (step, device metrics), not yet fetched
+        self.rows: list[dict] = []
+        self.started = time.monotonic()
+
+    def add(self, step: int, metrics: dict) -> None:
+        """Queues the (device) metrics of `step` without waiting for them."""
+        self.pending.append((step, metrics))
+
+    def check(self, last_saved: int | None, workdir: Path) -> None:
+        """Fetches the queued metrics; NonFiniteLossError at the first non-finite loss."""
+        steps = [step for step, _ in self.pending]
+        for step, row in zip(steps, jax.device_get([m for _, m in self.pending]), strict=True):
+            if not np.isfinite(row["loss"]):
+                where = "none was written" if last_saved is None else f"step {last_saved} in {workdir}"
+                raise NonFiniteLossError(
+                    f"non-finite loss {row['loss']} at step {step}; training stopped without saving. "
+                    f"Last good checkpoint: {where} (a rerun resumes from it; lower the learning rate or "
+                    "check the data first)."
+                )
+            self.rows.append(row)
+        self.pending = []
+
+    def summary(self) -> tuple[dict, int, float]:
+        """(mean metrics, steps, seconds) since the window started; starts a new window."""
+        means = {name: float(np.mean([row[name] for row in self.rows])) for name in self.rows[0]}
+        steps, seconds = len(self.rows), time.monotonic() - self.started
+        self.rows, self.started = [], time.monotonic()
+        return means, steps, seconds
+
+
+class Throughput:
+    """tokens/s and MFU of the model at a given rate of microbatch steps of [microbatch, seq_len] tokens."""
+
+    def __init__(self, model_cfg: ModelConfig, microbatch: int, seq_len: int, devices: int):
+        self.tokens_per_step = microbatch * seq_len
+        predictions = round(0.25 * seq_len)  # the recipe's masking rate, as the data pipeline's
+        self.flops_per_token = train_flops_per_token(model_cfg, seq_len, predictions)
+        peak = peak_flops(jax.devices()[0].device_kind, model_cfg.dtype)
+        self.peak = peak * devices if peak else None
+
+    def __call__(self, steps: int, seconds: float) -> dict[str, float]:
+        tokens_per_s = steps * self.tokens_per_step / seconds
+        if self.peak is None:
+            return {"tokens_per_s": tokens_per_s}
+        return {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.flops_per_token / self.peak}
+
+
 class MetricsLog:
     """One log line per record and the same record appended to workdir/metrics.jsonl (process 0 only)."""
 
@@ -74,25 +133,3 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines()]
-
-
-def plot_losses(records: list[dict], path: str | Path) -> None:
-    """Train (and eval, where logged) MLM loss against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("train/loss", "train"), ("eval/loss", "eval")):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="." if key == "eval/loss" else None, label=label)
-    ax.set_xlabel("step (microbatches)")
-    ax.set_ylabel("MLM loss (masked positions)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
