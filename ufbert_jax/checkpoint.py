@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ufbert_jax.config import ModelConfig
+from ufbert_jax.files import write_atomically
 from ufbert_jax.model import MaskedLM
 
 FORMAT = "ufbert-jax/1"
@@ -33,19 +34,27 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
-    path = Path(workdir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n")
+    """Writes workdir/model.json (atomically: a crash leaves the old file or the new one)."""
+    text = json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n"
+    write_atomically(Path(workdir) / CONFIG_FILE, text)
 
 
 def load_config(workdir: str | Path) -> ModelConfig:
+    """The ModelConfig of workdir/model.json; errors name the file and what is wrong with it."""
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a ufbert-jax workdir")
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
-    return ModelConfig(**data["model"])
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): a damaged or truncated model.json") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else data
+        raise ValueError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    try:
+        return ModelConfig(**data["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: 'model' is not a valid ModelConfig ({error})") from error
 
 
 def tokenizer_path(workdir: str | Path) -> Path:

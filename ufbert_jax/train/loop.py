@@ -24,7 +24,7 @@ from tqdm import tqdm
 from ufbert_jax import checkpoint as ckpt
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, metrics
+from ufbert_jax.train import checkpointing, inputs, interrupt, metrics
 from ufbert_jax.train import mesh as mesh_lib
 from ufbert_jax.train.optim import (
     OptimizerConfig,
@@ -77,8 +77,19 @@ class Budget:
         return tqdm(total=self.steps, initial=step - first_step, unit="step", disable=not enabled)
 
 
+def _init_state(
+    config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh
+) -> tuple[MaskedLM, nnx.Optimizer]:
+    """The freshly initialised model (in eval mode) and its optimizer, replicated on the mesh."""
+    model = MaskedLM(model_cfg, nnx.Rngs(config.seed))
+    model.eval()  # pretraining runs without dropout: the original trains with the model in eval mode
+    optimizer = nnx.Optimizer(model, make_optimizer(OptimizerConfig(**dict(config.optimizer))), wrt=nnx.Param)
+    mesh_lib.replicate(mesh, model, optimizer)
+    return model, optimizer
+
+
 def _train_record(step: int, window: metrics.StepWindow, throughput: metrics.Throughput, **extra) -> dict:
-    """The log record of `step`: the window's mean step metrics, throughput and `extra` (lr, progress...)."""
+    """The log record of `step`: the window's mean step metrics, `extra` (lr, batch, ...) and throughput."""
     means, steps, seconds = window.summary()
     return {
         "step": step,
@@ -93,6 +104,10 @@ def _eval_record(step: int, model: MaskedLM, mesh: jax.sharding.Mesh, batches: I
     return {"step": step, **{f"eval/{name}": value for name, value in scores.items()}}
 
 
+def _postfix(record: dict) -> dict[str, str]:
+    return {k.removeprefix("train/"): f"{record[k]:.4g}" for k in _BAR_KEYS if k in record}
+
+
 def train(
     config: ml_collections.ConfigDict,
     workdir: str | Path,
@@ -104,34 +119,42 @@ def train(
 
     `batches` yields this process's rows of each microbatch as numpy arrays (see steps.py) and has
     JSON-serialisable get_state()/set_state(); `eval_batches()` returns a fresh iterable of such batches.
-    Returns the last train log record, with "eval/..." entries when evaluated.
+    Returns the last train log record, with "eval/..." entries when evaluated. A workdir of another run is
+    refused before anything is written (checkpointing.check_resume); SIGINT or SIGTERM saves the current
+    step and raises interrupt.TrainingInterrupted.
     """
     workdir, main = Path(workdir), jax.process_index() == 0
+    checkpointing.check_resume(workdir, config, model_cfg)
     mesh = mesh_lib.make_mesh(config.num_devices)
     if config.microbatch % mesh.size:
         raise ValueError(f"microbatch={config.microbatch} must be a multiple of the {mesh.size} devices")
-    budget, optimizer_config = Budget.of(config), OptimizerConfig(**dict(config.optimizer))
-    model = MaskedLM(model_cfg, nnx.Rngs(config.seed))
-    model.eval()  # pretraining runs without dropout: the original trains with the model in eval mode
-    optimizer = nnx.Optimizer(model, make_optimizer(optimizer_config), wrt=nnx.Param)
-    mesh_lib.replicate(mesh, model, optimizer)
+    budget, lr = Budget.of(config), config.optimizer.lr
+    model, optimizer = _init_state(config, model_cfg, mesh)
     log = metrics.MetricsLog(workdir, enabled=main)
     throughput = metrics.Throughput(model_cfg, config.microbatch, config.seq_len, mesh.size)
     # cached_partial walks the model and optimizer graphs once, not at every call: nnx.jit's per-call
     # traversal of a 16-layer model costs milliseconds of host time per step.
     step_fn = nnx.cached_partial(train_step, model, optimizer)
+    every = lambda n, step: n > 0 and step % n == 0  # noqa: E731
+    evaluates = eval_batches is not None and config.eval_every > 0
 
-    with ckpt.manager(workdir, max_to_keep=config.keep_checkpoints) as mngr:
-        meta = checkpointing.restore(mngr, workdir, model, optimizer)
-        step, first_step, last_saved = meta["step"], meta["first_step"], mngr.latest_step()
-        if meta.get("data_state") is not None:
+    with interrupt.StopSignals(jax.process_count() == 1) as stop:
+        meta = checkpointing.restore(workdir, model, optimizer)
+        step, first_step, elapsed = meta["step"], meta["first_step"], meta["elapsed_s"]
+        if meta["data_state"] is not None:
             batches.set_state(meta["data_state"][jax.process_index()])
         log.truncate_after(step)
-        started = time.monotonic() - meta["elapsed_s"]
-        progress = budget.progress(step, first_step, meta["elapsed_s"])
-        window, record = metrics.StepWindow(), {"step": step}
-        with budget.bar(step, first_step, meta["elapsed_s"], main and config.progress_bar) as bar:
-            while progress < 1.0:
+        progress, started = budget.progress(step, first_step, elapsed), time.monotonic() - elapsed
+        record, window = {"step": step}, metrics.StepWindow()
+        if evaluates and step > first_step and (progress >= 1.0 or every(config.eval_every, step)):
+            if not log.has(step, "eval/loss"):  # the run died between this step's save and its eval
+                log.write(record := _eval_record(step, model, mesh, eval_batches()))
+        with (
+            ckpt.manager(workdir, max_to_keep=config.keep_checkpoints) as mngr,
+            budget.bar(step, first_step, elapsed, main and config.progress_bar) as bar,
+        ):
+            last_saved = mngr.latest_step()
+            while progress < 1.0 and stop.signum is None:
                 multiplier = budget_schedule(progress)
                 accumulate = accumulation_steps(
                     progress, config.microbatch, config.final_batch, config.ramp_fraction
@@ -142,46 +165,31 @@ def train(
                 elapsed = time.monotonic() - started
                 progress = budget.progress(step, first_step, elapsed)
                 finished = progress >= 1.0
-                save_now = finished or step % config.checkpoint_every == 0
-                log_now = finished or step % config.log_every == 0
+                save_now = finished or every(config.checkpoint_every, step) or stop.signum is not None
+                log_now = finished or every(config.log_every, step)
                 if save_now or log_now:
                     window.check(last_saved, workdir)
                 if log_now:
-                    record = _train_record(
-                        step,
-                        window,
-                        throughput,
-                        lr=optimizer_config.lr * multiplier,
-                        batch=accumulate * config.microbatch,
-                        progress=min(progress, 1.0),
-                        elapsed_s=elapsed,
+                    extra = dict(
+                        lr=lr * multiplier, batch=accumulate * config.microbatch, progress=min(progress, 1.0)
                     )
-                    log.write(record)
-                    bar.set_postfix(
-                        {k.removeprefix("train/"): f"{record[k]:.4g}" for k in _BAR_KEYS if k in record}
-                    )
+                    log.write(record := _train_record(step, window, throughput, **extra, elapsed_s=elapsed))
+                    bar.set_postfix(_postfix(record))
                 bar.update(int(elapsed) - bar.n if budget.seconds > 0 else 1)
                 if save_now:
-                    state = mesh_lib.all_processes(batches.get_state())
-                    checkpointing.save(
-                        mngr,
-                        step,
-                        model,
-                        optimizer,
-                        checkpointing.meta(config, step, first_step, elapsed, state),
-                    )
+                    data_state = mesh_lib.all_processes(batches.get_state())
+                    saved = checkpointing.meta(config, model_cfg, step, first_step, elapsed, data_state)
+                    checkpointing.save(mngr, step, model, optimizer, saved)
                     last_saved = step
-                if (
-                    eval_batches is not None
-                    and config.eval_every
-                    and (finished or step % config.eval_every == 0)
-                ):
+                if evaluates and (finished or every(config.eval_every, step)):
                     scores = _eval_record(step, model, mesh, eval_batches())
                     log.write(scores)
                     record = {**record, **scores}
-        mngr.wait_until_finished()
+            mngr.wait_until_finished()
     if main:
         plot_losses(log.records(), workdir / PLOT_FILE)
+    if stop.signum is not None:
+        raise interrupt.TrainingInterrupted(stop.signum, step, last_saved, workdir)
     return record
 
 
@@ -189,13 +197,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Prepares the token shards (and tokenizer) of config.data, then pretrains in `workdir` (see `train`).
 
     A workdir that already has a tokenizer.json (a converted checkpoint, or an earlier run) keeps it. Every
-    check that can fail on the inputs (model preset, sequence length, corpus) runs before the workdir is
-    written, so a failed start leaves nothing that would confuse a later run.
+    check that can fail on the inputs (model preset, sequence length, corpus, a workdir of another run)
+    runs before the workdir is written, so a failed start leaves nothing that would confuse a later run.
     """
     model_cfg = model_config(config)
     Budget.of(config)
     mesh_lib.initialize_distributed(config)
     workdir = Path(workdir)
+    checkpointing.check_resume(workdir, config, model_cfg)
     batches = inputs.make_batches(config, workdir, model_cfg)
     if jax.process_index() == 0:
         checkpointing.prepare_workdir(workdir, model_cfg, batches.tokenizer)

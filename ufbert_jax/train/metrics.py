@@ -12,6 +12,7 @@ import jax
 import numpy as np
 
 from ufbert_jax.config import ModelConfig
+from ufbert_jax.files import write_atomically
 
 log = logging.getLogger("ufbert_jax.train")
 
@@ -110,17 +111,54 @@ class Throughput:
 
 
 class MetricsLog:
-    """One log line per record and the same record appended to workdir/metrics.jsonl (process 0 only)."""
+    """One log line per record and the same record appended to workdir/metrics.jsonl (process 0 only).
+
+    Appending is the only write during a run, so a kill leaves at most a torn last line; reading drops
+    lines that do not parse (with a warning naming them), and the resume rewrite is atomic.
+    """
 
     def __init__(self, workdir: str | Path, enabled: bool = True):
         self.path = Path(workdir) / METRICS_FILE
         self.enabled = enabled
 
+    def _read(self) -> tuple[list[dict], int]:
+        """(the records that parse, how many lines did not)."""
+        if not self.path.is_file():
+            return [], 0
+        records, bad = [], 0
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError(f"not a record with an integer step: {line[:80]!r}")
+            except ValueError as error:
+                where = (
+                    "the last line (torn by a kill mid-write)" if number == len(lines) else f"line {number}"
+                )
+                log.warning("%s: dropping %s: %s", self.path, where, error)
+                bad += 1
+                continue
+            records.append(record)
+        return records, bad
+
+    def records(self) -> list[dict]:
+        """The records of metrics.jsonl in file order (lines that do not parse are dropped)."""
+        return self._read()[0]
+
+    def has(self, step: int, key: str) -> bool:
+        """Whether a record of `step` holds `key` (e.g. "eval/loss")."""
+        return any(record["step"] == step and key in record for record in self.records())
+
     def truncate_after(self, step: int) -> None:
-        """Drops records past `step`: after a resume they describe work that the restored state never saw."""
-        if self.enabled and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        """Drops records past `step` (after a resume they describe work the restored state never saw) and
+        lines that do not parse; rewrites the file atomically, and only when something is dropped."""
+        if not self.enabled:
+            return
+        records, bad = self._read()
+        kept = [record for record in records if record["step"] <= step]
+        if bad or len(kept) < len(records):
+            write_atomically(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -128,8 +166,3 @@ class MetricsLog:
         log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-
-    def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
