@@ -42,6 +42,9 @@ def main(argv: list[str]) -> None:
     except TrainingInterrupted as stopped:
         print(f"Interrupted: {stopped}", file=sys.stderr)
         sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # before training began (data preparation, start-up): nothing to save
+        print(f"Interrupted before training began; {flags.FLAGS.workdir} holds no new step", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -99,9 +99,21 @@ def restore_params(workdir: str | Path, model: nnx.Module, step: int | None = No
         if step is None:
             raise FileNotFoundError(f"no checkpoint steps under {Path(workdir) / CHECKPOINT_DIR}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"encoder": params_of(model.encoder)})
-        restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        except Exception as error:
+            where = Path(mngr.directory) / str(step) / "params"
+            raise ValueError(f"{where} does not restore: {error_reason(error)}") from error
     nnx.update(model.encoder, restored["params"]["encoder"])
     return step
+
+
+def error_reason(error: BaseException) -> str:
+    """The innermost cause of a failed restore on one line (TensorStore names the file and array there)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 def load_pretrained(workdir: str | Path, step: int | None = None, **config_overrides) -> MaskedLM:

@@ -91,14 +91,6 @@ def save(
     )
 
 
-def _reason(error: BaseException) -> str:
-    """The innermost cause of a failed restore, on one line (TensorStore puts the file and array there)."""
-    while error.__cause__ is not None:
-        error = error.__cause__
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 400 else text[:400] + " ..."
-
-
 def _restore_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     restored = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     if not isinstance(restored["meta"], dict) or "step" not in restored["meta"]:
@@ -119,7 +111,7 @@ def _restore_trainer_step(
     try:
         saved = _restore_meta(mngr, step)
     except Exception as error:
-        raise ValueError(f"{step_dir / 'meta'} does not read: {_reason(error)}") from error
+        raise ValueError(f"{step_dir / 'meta'} does not read: {ckpt.error_reason(error)}") from error
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
     optimizer_state = nnx.state(optimizer)
     try:
@@ -131,7 +123,7 @@ def _restore_trainer_step(
             ),
         )
     except Exception as error:
-        raise ValueError(f"{step_dir} (params, train) does not read: {_reason(error)}") from error
+        raise ValueError(f"{step_dir} (params, train) does not read: {ckpt.error_reason(error)}") from error
     nnx.update(model, restored["params"])
     nnx.replace_by_pure_dict(optimizer_state, restored["train"]["optimizer"])
     nnx.update(optimizer, optimizer_state)

@@ -153,8 +153,8 @@ def train(
             ckpt.manager(workdir, max_to_keep=config.keep_checkpoints) as mngr,
             budget.bar(step, first_step, elapsed, main and config.progress_bar) as bar,
         ):
-            last_saved = mngr.latest_step()
-            while progress < 1.0 and stop.signum is None:
+            last_saved, interrupted = mngr.latest_step(), False
+            while progress < 1.0 and not interrupted:
                 multiplier = budget_schedule(progress)
                 accumulate = accumulation_steps(
                     progress, config.microbatch, config.final_batch, config.ramp_fraction
@@ -165,7 +165,8 @@ def train(
                 elapsed = time.monotonic() - started
                 progress = budget.progress(step, first_step, elapsed)
                 finished = progress >= 1.0
-                save_now = finished or every(config.checkpoint_every, step) or stop.signum is not None
+                interrupted = stop.signum is not None  # read once: a signal may land at any moment
+                save_now = finished or every(config.checkpoint_every, step) or interrupted
                 log_now = finished or every(config.log_every, step)
                 if save_now or log_now:
                     window.check(last_saved, workdir)
@@ -188,7 +189,7 @@ def train(
             mngr.wait_until_finished()
     if main:
         plot_losses(log.records(), workdir / PLOT_FILE)
-    if stop.signum is not None:
+    if interrupted:
         raise interrupt.TrainingInterrupted(stop.signum, step, last_saved, workdir)
     return record
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from matplotlib.figure import Figure
+
+from ufbert_jax.files import write_atomically
 
 PLOT_FILE = "loss.png"
 
 
 def plot_losses(records: list[dict], path: str | Path) -> None:
-    """Train (and eval, where logged) MLM loss against step, as a PNG."""
+    """Train (and eval, where logged) MLM loss against step, as a PNG (written atomically)."""
     fig = Figure(figsize=(7, 4))
     ax = fig.subplots()
     for key, label in (("train/loss", "train"), ("eval/loss", "eval")):
@@ -23,4 +26,6 @@ def plot_losses(records: list[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    write_atomically(path, png.getvalue())
