@@ -35,7 +35,7 @@ log = logging.getLogger("ufbert_jax.train")
 
 # Model fields that choose how the model runs, not what it is (weights are the same whatever their value):
 # a resumed or converted workdir may differ in them.
-RUNTIME_FIELDS = ("fff_impl", "dtype", "dropout")
+RUNTIME_FIELDS = ("fff_impl", "attention_impl", "dtype", "dropout")
 TRAINER_ITEMS = frozenset({"params", "train", "meta"})
 DAMAGED_DIR = "damaged_checkpoints"
 
