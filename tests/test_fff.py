@@ -256,12 +256,13 @@ def test_per_example_gradients_under_vmap_equal_masked(rng):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(np.asarray(a)).max())
 
 
-def test_auto_differentiates_through_the_platforms_training_form(rng):
-    """On CPU, 'auto' under jax.grad is the sparse form (its forward the fastest inference kernel)."""
-    x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(9,))
+@pytest.mark.parametrize("depth,form", [(3, "masked"), (fff.CPU_SPARSE_MIN_DEPTH, "sparse")])
+def test_auto_differentiates_through_the_platforms_training_form(rng, depth, form):
+    """On CPU, 'auto' under jax.grad is the sparse form for deep trees, the masked form for shallow ones."""
+    x, w_in, b_in, w_out = draw(rng, 2, depth, 16, lead=(9,))
     grad = jax.grad(lambda *a, impl: fff.apply(*a, impl=impl).sum(), argnums=(0, 1, 2, 3))
     for a, b in zip(
-        grad(x, w_in, b_in, w_out, impl="auto"), grad(x, w_in, b_in, w_out, impl="sparse"), strict=True
+        grad(x, w_in, b_in, w_out, impl="auto"), grad(x, w_in, b_in, w_out, impl=form), strict=True
     ):
         np.testing.assert_array_equal(a, b)
 
