@@ -94,8 +94,8 @@ def variants():
     wave of programs, 2-3 per SM, DRAM 30% busy, warps waiting on loads. So the sweep varies how much each
     program keeps in flight (hidden chunk and pipeline depth), how many tokens share each weight row read
     (the tokens per program: at 64 tokens both steps read 2-3 KB of weights per token from the L2, more than
-    the 1.5 KB of x), and the split between routed top levels and subtree levels (S). Earlier sweeps' rows
-    (docs/results/) name their sizes.
+    the 1.5 KB of x), and the split between routed top levels and subtree levels (LS = sub_levels). The
+    rows of docs/results/fff_layer_gpu_routed_sweep.jsonl name their sizes.
     """
     sizes, tiling = fff_pallas.BlockSizes, Tiling
     previous = tiling(64, 4, 128, 2)  # both steps' tiling before the profile: 1 chunk in flight

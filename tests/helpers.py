@@ -26,7 +26,7 @@ ATTEMPTS = 100  # redraws of a model input; each is accepted with probability > 
 
 def held(a: np.ndarray, dtype) -> np.ndarray:
     """a as float32 NumPy holding exactly the values that `dtype` can hold."""
-    return np.asarray(jnp.asarray(a, dtype).astype(jnp.float32))
+    return np.array(jnp.asarray(a, dtype).astype(jnp.float32))  # a writable copy
 
 
 def draw(rng: np.random.Generator, trees: int, depth: int, hidden: int, lead: tuple[int, ...] = (7,)):
