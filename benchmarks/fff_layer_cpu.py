@@ -46,7 +46,7 @@ import timing
 from layer_ops import BASELINE, Curve
 from ufbert_jax.kernels import fff_cpu
 
-from ufbert_jax import fff
+from ufbert_jax import fff_math
 
 VARIANTS = ("fff_cpu", "dense3072", "dense4095", "conditional", "masked")
 TARGET_SPEEDUP = 100.0
@@ -83,8 +83,8 @@ def make_variants(tokens: int, rng: np.random.Generator) -> dict[str, tuple]:
     return {
         "fff_cpu": (layer_ops.fff_op(fff_cpu.fff_cpu), xs, fff_params),
         **dense,
-        "conditional": (layer_ops.fff_op(fff.conditional), xs, fff_params),
-        "masked": (layer_ops.fff_op(fff.masked), xs, fff_params),
+        "conditional": (layer_ops.fff_op(fff_math.conditional), xs, fff_params),
+        "masked": (layer_ops.fff_op(fff_math.masked), xs, fff_params),
     }
 
 

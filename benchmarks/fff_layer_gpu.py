@@ -36,7 +36,7 @@ from layer_ops import DEPTH, Curve, fff_op
 from ufbert_jax.kernels import fff_pallas, fff_pallas_routed
 from ufbert_jax.kernels.pallas_math import Tiling
 
-from ufbert_jax import fff
+from ufbert_jax import fff_math
 
 TOKENS = (1, 128, 2048, 16384, 65536)
 ROTATE = 4  # input sets: 4 x 25 MB of x at 16384 tokens bf16 exceeds the 60 MB L2
@@ -130,7 +130,7 @@ def sweep(rng, log):
     xs, params = operands(rng, 16384, jnp.bfloat16)
     b_in, w_in, w_out = params
     with jax.default_matmul_precision("highest"):
-        want = fff.conditional(xs[0], w_in, b_in, w_out)
+        want = fff_math.conditional(xs[0], w_in, b_in, w_out)
     routing_us = {}  # (S, route Tiling) -> us of the routing step alone
 
     def run(name, sizes):
@@ -178,7 +178,7 @@ def layer_table(rng, tokens_list, dtypes, sizes, log):
     per_token = dataclasses.replace(sizes, routed_min_tokens=None)
     impls = {
         **{name: (width, layer_ops.dense_ff) for name, width in layer_ops.DENSE_WIDTHS.items()},
-        "conditional": (None, fff_op(fff.conditional)),
+        "conditional": (None, fff_op(fff_math.conditional)),
         "pallas": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=sizes))),
         "per_token": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=per_token))),
     }

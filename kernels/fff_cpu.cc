@@ -138,7 +138,8 @@ void GeluInto(const float* z, float* g, int64_t m) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// A float32 SIMD vector of the widest kind this build targets; loads widen bfloat16 to float32.
+// A float32 SIMD vector of the widest kind this build targets (the compiler flags of the build decide:
+// kernels/fff_cpu.py builds this file once per instruction set); loads widen bfloat16 to float32.
 
 #if defined(__AVX512F__)
 struct Vec {
@@ -734,3 +735,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FffCpu, FffCpuImpl,
                                   .Arg<ffi::AnyBuffer>()      // b_in [K, N]: float32 or x's dtype
                                   .Arg<ffi::AnyBuffer>()      // w_out [K, N, H]: x's dtype
                                   .Ret<ffi::AnyBuffer>());    // y [T, H]: x's dtype
+
+// float32 lanes of the SIMD vector this build uses (16 AVX-512, 8 AVX2, 1 portable): lets Python check
+// which build it loaded.
+extern "C" __attribute__((visibility("default"))) int FffCpuVectorWidth() { return static_cast<int>(kW); }

@@ -158,3 +158,58 @@ def test_state_dict_round_trip_is_bit_exact(rng):
     assert exported.keys() == again.keys()
     for key in exported:
         np.testing.assert_array_equal(exported[key], again[key], err_msg=key)
+
+
+def test_fully_padded_sequence_matches_float64_original(rng):
+    # The additive -10000 on every key cancels in the softmax: such a sequence attends as if unmasked
+    # (plain masking would make it attend uniformly instead).
+    cfg = config.ModelConfig(**SMALL, feedforward="dense", ff_width=48, norm_eps=1e-5)
+    mlm = model.MaskedLM(cfg, nnx.Rngs(0))
+    randomise(mlm, rng)
+    mlm.eval()
+    ids, mask = tokens_and_mask(rng, cfg)
+    mask[1] = 0  # row 0 stays whole, row 2 partly padded
+    got = np.asarray(mlm(ids, mask))
+    expected = ref.mlm_logits(state_dict.to_state_dict(mlm), ids, mask, **reference_arch(cfg))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_dropout_path_is_the_fused_attention_without_dropout(rng):
+    cfg = config.ModelConfig(**SMALL, dropout=0.1)
+    attn = model.SelfAttention(cfg, nnx.Rngs(0))
+    attn.eval()
+    h = jnp.asarray(rng.standard_normal((3, 12, cfg.hidden)), jnp.float32)
+    _, mask = tokens_and_mask(rng, cfg)
+    mask[2] = 0
+    keep = model.key_mask(jnp.asarray(mask))
+    qkv = attn.query_key_value(h).reshape(3, 12, cfg.heads, 3 * cfg.head_dim)
+    written_out = attn.dense(attn._attention_with_dropout(*jnp.split(qkv, 3, axis=-1), keep).reshape(h.shape))
+    np.testing.assert_allclose(attn(h, keep), written_out, atol=1e-6, rtol=1e-5)
+
+
+def test_attention_impl_is_chosen_in_one_place():
+    fp32, bf16 = config.ModelConfig(**SMALL), config.ModelConfig(**SMALL, dtype="bfloat16")
+    assert model.resolve_attention_impl("auto", fp32, "cpu") == "xla"
+    assert model.resolve_attention_impl("auto", bf16, "cpu") == "xla"
+    assert model.resolve_attention_impl("auto", fp32, "gpu") == "xla"  # cuDNN flash attention: 16-bit only
+    assert model.resolve_attention_impl("auto", bf16, "gpu") == "cudnn"
+    assert model.resolve_attention_impl("cudnn", fp32, "cpu") == "cudnn"
+    with pytest.raises(ValueError, match="unknown attention impl 'flash'"):
+        model.resolve_attention_impl("flash", fp32)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a CUDA GPU")
+@pytest.mark.parametrize("feedforward", ["dense", "fff"])
+def test_cudnn_attention_matches_xla_on_gpu(rng, feedforward):
+    cfg = config.preset("crammedbert-3072" if feedforward == "dense" else "ultrafastbert-1x11", layers=2)
+    cfg = cfg.replace(dtype="bfloat16", dropout=0.0, vocab_size=512)
+    ids = rng.integers(1, cfg.vocab_size, (4, 128))
+    lengths = np.array([128, 77, 1, 0])  # whole, padded, one token, fully padded
+    mask = (np.arange(128)[None] < lengths[:, None]).astype(np.int32)
+    outputs = {}
+    for impl in ("xla", "cudnn"):
+        encoder = model.Encoder(cfg.replace(attention_impl=impl), nnx.Rngs(0))  # the same weights
+        outputs[impl] = np.asarray(nnx.jit(lambda e, i, m: e(i, m))(encoder, ids, mask), np.float32)
+    xla, cudnn = outputs["xla"], outputs["cudnn"]
+    assert np.linalg.norm(cudnn - xla) / np.linalg.norm(xla) < 2e-2

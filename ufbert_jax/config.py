@@ -13,6 +13,8 @@ import re
 
 import jax.numpy as jnp
 
+from ufbert_jax import fff
+
 FEEDFORWARDS = ("dense", "fff")
 DTYPES = ("float32", "bfloat16")
 
@@ -26,6 +28,8 @@ class ModelConfig:
       ff_width: width of the dense feedforward.
       fff_trees, fff_depth: K and D of the FFF feedforward (K trees of 2^(D+1)-1 nodes).
       fff_impl: how the FFF runs (see ufbert_jax.fff.resolve_impl); the model never looks at it.
+      attention_impl: how attention runs: "auto", "xla" or "cudnn" (see
+        ufbert_jax.model.resolve_attention_impl); the same mathematics in every one.
       dtype: compute dtype; parameters are always float32.
       dropout: rate for embeddings, attention probabilities and residual branches (0.1 in the original;
         pretraining runs with dropout off, GLUE fine-tuning with it on).
@@ -41,6 +45,7 @@ class ModelConfig:
     fff_trees: int = 1
     fff_depth: int = 11
     fff_impl: str = "auto"
+    attention_impl: str = "auto"
     norm_eps: float = 1e-12
     dropout: float = 0.1
     dtype: str = "float32"
@@ -49,6 +54,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.feedforward not in FEEDFORWARDS:
             raise ValueError(f"feedforward={self.feedforward!r}; expected one of {FEEDFORWARDS}")
+        fff.check_impl(self.fff_impl)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {DTYPES}")
         if self.hidden % self.heads:

@@ -6,9 +6,9 @@ K trees, N nodes per tree.
 Matches the original (cramming codebase, as configured for UltraFastBERT) on purpose in every detail that
 changes outputs: scaled sinusoidal positions with a learnable scalar, embedding LayerNorm, PRE-norm blocks,
 one fused per-head-interleaved QKV projection without bias, scores scaled by E^-0.5, an additive
-(1 - mask) * -10000 key mask, exact GELU, LayerNorm eps 1e-12, a final LayerNorm, and an MLM decoder tied to
-the word embedding without bias. Initialisation is the effective one of the original: every Linear and
-Embedding weight ~ N(0, 0.02^2), biases 0, LayerNorm 1 / 0.
+(1 - mask) * -10000 key mask (applied as the equal masking, see key_mask), exact GELU, LayerNorm eps 1e-12,
+a final LayerNorm, and an MLM decoder tied to the word embedding without bias. Initialisation is the
+effective one of the original: every Linear and Embedding weight ~ N(0, 0.02^2), biases 0, LayerNorm 1 / 0.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ufbert_jax import fff
+from ufbert_jax import fff, fff_math
 from ufbert_jax.config import ModelConfig
 
 INIT_STD = 0.02
-MASK_PENALTY = -10000.0
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 CLASSIFIER_WIDTH = 1024
 
 _normal = nnx.initializers.normal(INIT_STD)
@@ -76,8 +76,44 @@ class Embedding(nnx.Module):
         return self.dropout(self.norm(embedded))
 
 
+def resolve_attention_impl(impl: str, cfg: ModelConfig, platform: str | None = None) -> str:
+    """Maps ``cfg.attention_impl`` to a ``jax.nn.dot_product_attention`` implementation; the one place that
+    chooses.
+
+    "auto": cuDNN flash attention on GPU for 16-bit compute (the dtypes and head dims it takes), XLA's
+    attention elsewhere (JAX's own ``implementation=None`` is XLA everywhere). "xla" and "cudnn" force one.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")
+    if impl != "auto":
+        return impl
+    platform = platform or jax.default_backend()
+    takes = cfg.compute_dtype in (jnp.bfloat16, jnp.float16) and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128
+    return "cudnn" if platform == "gpu" and takes else "xla"
+
+
+def key_mask(attention_mask: jax.Array) -> jax.Array:
+    """attention_mask [B, S] (1 keep, 0 pad) -> [B, 1, S, S] bool: which keys each query attends to.
+
+    The original adds (1 - mask) * -10000 to the scores. Masking the padded keys out instead is the same
+    softmax: their weight exp(-10000 + ...) is exactly 0 in float32 and float64 alike, as long as a sequence
+    keeps one key. A sequence with no key kept gets the same -10000 on every key, which cancels in the
+    softmax: it attends as if unmasked, so here it keeps every key. The [B, 1, S, S] broadcast is the form
+    cuDNN takes (it refuses a [B, 1, 1, S] bias).
+    """
+    keep = attention_mask != 0  # [B, S]
+    keep = keep | ~jnp.any(keep, axis=-1, keepdims=True)  # a fully padded sequence keeps every key
+    batch, seq_len = keep.shape
+    return jnp.broadcast_to(keep[:, None, None, :], (batch, 1, seq_len, seq_len))
+
+
 class SelfAttention(nnx.Module):
-    """Multi-head self-attention with the original's fused, per-head-interleaved QKV projection."""
+    """Multi-head self-attention with the original's fused, per-head-interleaved QKV projection.
+
+    Without attention dropout (inference, pretraining) it runs ``jax.nn.dot_product_attention`` (cuDNN flash
+    attention on GPU, see resolve_attention_impl); with dropout on the probabilities (fine-tuning) the
+    same softmax is written out, as the fused forms have no dropout.
+    """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -85,20 +121,30 @@ class SelfAttention(nnx.Module):
         self.dense = _linear(cfg, cfg.hidden, cfg.hidden, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def __call__(self, h: jax.Array, key_bias: jax.Array | None) -> jax.Array:
-        """h [B, S, H]; key_bias [B, S] additive (0 or -10000) or None -> [B, S, H]."""
+    def __call__(self, h: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """h [B, S, H]; mask [B, 1, S, S] bool (see key_mask) or None -> [B, S, H]."""
         cfg = self.cfg
         batch, seq_len, _ = h.shape
         qkv = self.query_key_value(h).reshape(batch, seq_len, cfg.heads, 3 * cfg.head_dim)  # [B,S,A,3E]
         # Features h*3E + [0,E) are q of head h, + [E,2E) its k, + [2E,3E) its v.
         query, key, value = jnp.split(qkv, 3, axis=-1)  # each [B, S, A, E]
-        scores = jnp.einsum("bqae,bkae->baqk", query, key, preferred_element_type=jnp.float32)
-        scores = scores * cfg.head_dim**-0.5  # [B, A, S, S]
-        if key_bias is not None:
-            scores = scores + key_bias[:, None, None, :]
-        probs = self.dropout(jax.nn.softmax(scores, axis=-1)).astype(cfg.compute_dtype)
-        context = jnp.einsum("baqk,bkae->bqae", probs, value)  # [B, S, A, E]
+        if self.dropout.rate > 0 and not self.dropout.deterministic:
+            context = self._attention_with_dropout(query, key, value, mask)
+        else:
+            impl = resolve_attention_impl(cfg.attention_impl, cfg)
+            context = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, scale=cfg.head_dim**-0.5, implementation=impl
+            )  # [B, S, A, E]
         return self.dense(context.reshape(batch, seq_len, cfg.hidden))
+
+    def _attention_with_dropout(self, query, key, value, mask) -> jax.Array:
+        """dot_product_attention's XLA form with dropout on the probabilities: [B, S, A, E] each -> same."""
+        scores = jnp.einsum("bqae,bkae->baqk", query, key, preferred_element_type=jnp.float32)
+        scores = scores * self.cfg.head_dim**-0.5  # [B, A, S, S]
+        if mask is not None:
+            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = self.dropout(jax.nn.softmax(scores, axis=-1)).astype(self.cfg.compute_dtype)
+        return jnp.einsum("baqk,bkae->bqae", probs, value)
 
 
 class DenseFeedForward(nnx.Module):
@@ -110,7 +156,7 @@ class DenseFeedForward(nnx.Module):
 
     def __call__(self, h: jax.Array) -> jax.Array:
         """[B, S, H] -> [B, S, H]."""
-        return self.dense_out(fff.gelu(self.dense_in(h)))
+        return self.dense_out(fff_math.gelu(self.dense_in(h)))
 
 
 class FastFeedForward(nnx.Module):
@@ -149,9 +195,9 @@ class Block(nnx.Module):
         self.ffn = feedforward(cfg, rngs)
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
-    def __call__(self, h: jax.Array, key_bias: jax.Array | None) -> jax.Array:
-        """h [B, S, H] -> [B, S, H]."""
-        h = h + self.dropout(self.attn(self.norm1(h), key_bias))
+    def __call__(self, h: jax.Array, mask: jax.Array | None) -> jax.Array:
+        """h [B, S, H]; mask [B, 1, S, S] bool (see key_mask) or None -> [B, S, H]."""
+        h = h + self.dropout(self.attn(self.norm1(h), mask))
         return h + self.dropout(self.ffn(self.norm2(h)))
 
 
@@ -168,17 +214,17 @@ class Encoder(nnx.Module):
         """token_ids [B, S]; attention_mask [B, S] (1 keep, 0 pad) or None -> hidden states [B, S, H]."""
         if token_ids.ndim != 2:
             raise ValueError(f"token_ids must be [B, S]; got shape {tuple(token_ids.shape)}")
-        key_bias = None
+        mask = None
         if attention_mask is not None:
             if attention_mask.shape != token_ids.shape:
                 raise ValueError(
                     f"attention_mask shape {tuple(attention_mask.shape)} != token_ids shape "
                     f"{tuple(token_ids.shape)}"
                 )
-            key_bias = (1.0 - attention_mask.astype(jnp.float32)) * MASK_PENALTY  # [B, S]
+            mask = key_mask(attention_mask)  # [B, 1, S, S]
         h = self.embedding(token_ids)
         for layer in self.layers:
-            h = layer(h, key_bias)
+            h = layer(h, mask)
         return self.final_norm(h)
 
 
