@@ -142,7 +142,7 @@ def test_hosts_interleave_the_single_host_stream(shard_dir):
 
 def test_a_row_range_is_all_the_stream_draws_from(shard_dir, rows, rng):
     n = len(rows)
-    start, stop = sorted(rng.choice(np.arange(1, n), size=2, replace=False))
+    start, stop = sorted(rng.choice(np.arange(1, n), size=2, replace=False))  # 0 < start < stop < n
     ids = row_ids(loader(shard_dir, batch_size=1, num_epochs=1, rows=(start, stop)), rows)
     assert sorted(ids) == list(range(start, stop))
     train = set(row_ids(take(loader(shard_dir, batch_size=1, rows=(0, start)), 3 * start), rows))
