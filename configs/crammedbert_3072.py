@@ -8,7 +8,7 @@
 
 Expected: ~24 h on one H200 at ~480k tokens/s (docs/pretraining.md: about 1.8x UltraFastBERT-1x11's
 training throughput, since the masked FFF computes 4095 neurons per token against 3072), final MLM loss
-~1.9, GLUE ~83.6 average without CoLA (FACTS section 5).
+~1.9, GLUE ~83.6 average without CoLA (docs/glue.md, published dev scores).
 """
 
 import ml_collections

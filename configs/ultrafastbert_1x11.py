@@ -11,7 +11,7 @@ The paper's corpus is The Pile; data/sample only shows the pipeline. "-long" is 
 --config.budget_hours=48. Expected: ~24 h on one H200 at ~260k tokens/s (docs/pretraining.md; the
 paper's A6000 was several times slower, so a 24 h H200 run sees more tokens than the original), final MLM
 loss ~2 (cramming reports ~1.8-2.0 for its 24 h crammedBERT), then a GLUE average of ~77-79 with CoLA and
-~83 without (FACTS section 5: 1x11-long 83.0 without CoLA) via eval_glue.py.
+~83 without (docs/glue.md, published dev scores: 1x11-long 83.0 without CoLA) via eval_glue.py.
 """
 
 import ml_collections

@@ -1,6 +1,6 @@
 """Conditional FFF inference as Pallas (Triton) GPU kernels, behind one entry point ``fff_pallas``.
 
-Shape legend: T tokens, H hidden (Hp once padded), K trees, N = 2^(D+1) - 1 nodes per tree (heap order),
+Shape legend: T tokens, H hidden (HP once padded), K trees, N = 2^(D+1) - 1 nodes per tree (heap order),
 D depth, TB tokens per program, HC hidden columns per chunk.
 
 Two kernels, chosen per call by shape (``BlockSizes.routed_min_tokens``):
@@ -45,7 +45,7 @@ class BlockSizes:
     routed_float32: use the routed kernel for other dtypes too (float32 is tested). Off by default: Triton's
         IEEE float32 tile products run on CUDA cores and are slow (1717 us against 23.5 us per-token at 2048
         tokens).
-    sub_levels: S, the bottom levels that a routed subtree tile covers (2^S-wide tile products, S >= 4).
+    sub_levels: LS, the bottom levels that a routed subtree tile covers (2^LS-wide tile products, LS >= 4).
     route, tile: the routed kernel's routing step and subtree tiles.
     per_token: the per-token kernel.
     H is padded to a multiple of the hidden chunk of every kernel that runs.
@@ -60,7 +60,7 @@ class BlockSizes:
 
     def __post_init__(self):
         if 2**self.sub_levels < MIN_DOT:
-            raise ValueError(f"sub_levels={self.sub_levels} must be >= 4 (2^S-wide tile products)")
+            raise ValueError(f"sub_levels={self.sub_levels} must be >= 4 (2^LS-wide tile products)")
 
 
 def _gathered_level(xs, w_in_ref, b_ref, row, chunks):
@@ -80,7 +80,7 @@ def _per_token_kernel(x_ref, w_in_ref, b_ref, w_out_ref, y_ref, *, tokens, nodes
                       block_hidden):  # fmt: skip
     """One program: TB consecutive tokens through all K trees, writing their output rows.
 
-    x_ref [T, Hp]; y_ref [Tp, Hp] (T rounded up to TB); w_in_ref, w_out_ref [K * N, Hp]; b_ref [K * N].
+    x_ref [T, HP]; y_ref [TP, HP] (T rounded up to TB); w_in_ref, w_out_ref [K * N, HP]; b_ref [K * N].
     """
     trees = w_in_ref.shape[0] // nodes
     token = pl.program_id(0) * block_tokens + lax.broadcasted_iota(jnp.int32, (block_tokens,), 0)  # [TB]
@@ -105,7 +105,7 @@ def _per_token_kernel(x_ref, w_in_ref, b_ref, w_out_ref, y_ref, *, tokens, nodes
 
 
 def _per_token(x, w_in, b_in, w_out, *, nodes, depth, tiling: Tiling, interpret):
-    """The per-token kernel: x [T, Hp]; w_in, w_out [K*N, Hp]; b_in [K*N] float32 -> y [T, Hp]."""
+    """The per-token kernel: x [T, HP]; w_in, w_out [K*N, HP]; b_in [K*N] float32 -> y [T, HP]."""
     tokens = x.shape[0]
     padded_tokens = round_up(tokens, tiling.tokens)
     kernel = functools.partial(_per_token_kernel, tokens=tokens, nodes=nodes, depth=depth,
@@ -118,7 +118,7 @@ def _per_token(x, w_in, b_in, w_out, *, nodes, depth, tiling: Tiling, interpret)
         interpret=interpret,
         name="fff_pallas",
     )(x, w_in, b_in, w_out)
-    return y[:tokens]  # [Tp, Hp] -> [T, Hp]; no copy when TB divides T
+    return y[:tokens]  # [TP, HP] -> [T, HP]; no copy when TB divides T
 
 
 def uses_routed(trees: int, depth: int, tokens: int, dtype, sizes: BlockSizes) -> bool:
@@ -132,14 +132,14 @@ def uses_routed(trees: int, depth: int, tokens: int, dtype, sizes: BlockSizes) -
 
 
 def _padded_operands(x, w_in, b_in, w_out, tilings: list[Tiling]):
-    """x [T, Hp]; w_in, w_out [K*N, Hp]; b_in [K*N] float32, with Hp a multiple of every tiling's chunk."""
+    """x [T, HP]; w_in, w_out [K*N, HP]; b_in [K*N] float32, with HP a multiple of every tiling's chunk."""
     trees, nodes, hidden = w_in.shape
     padded_hidden = round_up(hidden, max(tiling.hidden for tiling in tilings))  # powers of 2: all divide it
     return (
-        pad_hidden(x, padded_hidden),  # [T, Hp]
-        pad_hidden(w_in, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
+        pad_hidden(x, padded_hidden),  # [T, HP]
+        pad_hidden(w_in, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, HP] -> [K*N, HP]
         b_in.astype(jnp.float32).reshape(trees * nodes),  # [K, N] -> [K*N]
-        pad_hidden(w_out, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
+        pad_hidden(w_out, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, HP] -> [K*N, HP]
     )
 
 
@@ -161,7 +161,7 @@ def _forward(x, w_in, b_in, w_out, sizes: BlockSizes, interpret: bool) -> jax.Ar
     else:
         (per_token,) = tilings
         y = _per_token(*operands, nodes=nodes, depth=depth, tiling=per_token, interpret=interpret)
-    return y[:, :hidden]  # [T, Hp] -> [T, H]
+    return y[:, :hidden]  # [T, HP] -> [T, H]
 
 
 def _check_2d(x, w_in, b_in, w_out, interpret: bool | None) -> bool:
@@ -212,7 +212,7 @@ def _routed_train_backward(sizes, interpret, residuals, g):
         x, w_in, w_out, routing, pad_hidden(g, x.shape[1]), sub_levels=sizes.sub_levels, tile=tile,
         interpret=interpret,
     )  # fmt: skip
-    weights = (1, *dw_in.shape[:1], hidden)  # [N, Hp] -> [1, N, H]
+    weights = (1, *dw_in.shape[:1], hidden)  # [N, HP] -> [1, N, H]
     return (
         dx[:, :hidden],
         dw_in[:, :hidden].reshape(weights).astype(w_in.dtype),

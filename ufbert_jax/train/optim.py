@@ -29,7 +29,7 @@ DECAYED_LEAVES = frozenset({"kernel", "embedding", "w_in", "w_out"})
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """AdamW with global-norm clipping; the defaults are the cramming recipe's (FACTS section 3)."""
+    """AdamW with global-norm clipping; the defaults are the cramming recipe's (docs/pretraining.md)."""
 
     lr: float = 1e-3
     b1: float = 0.9
