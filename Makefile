@@ -27,7 +27,7 @@ test-slow: $(BIN)/.installed
 
 demo: $(BIN)/.installed
 	$(BIN)/python train.py --config=configs/tiny.py --workdir=$(WORKDIR)
-	$(BIN)/python eval_glue.py --workdir $(WORKDIR) $(GLUE_SOURCE) --tasks $(GLUE_TASKS)
+	$(BIN)/python eval_glue.py --workdir=$(WORKDIR) $(GLUE_SOURCE) --config.tasks=$(GLUE_TASKS)
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -2,32 +2,51 @@
 
     python train.py --config=configs/tiny.py --workdir=runs/tiny [--config.steps=50 ...]
 
-Every field of the config file is overridable as --config.FIELD=VALUE. Rerunning the same command resumes
-from the workdir's latest checkpoint; a workdir holding only converted weights continues pretraining from
-them with a fresh optimizer.
+Every field of the config file is overridable as --config.FIELD=VALUE; the corpus, a tuple of source specs,
+as --config.data.sources=/path/to/corpus, --config.data.sources=hf:NAME, a repeated flag (one spec each)
+or a tuple literal '("/path/a","hf:NAME")'. Rerunning the same command resumes from the workdir's latest
+checkpoint; a workdir holding only converted weights continues pretraining from them with a fresh optimizer.
+Ctrl-C (or SIGTERM) saves the current step and exits with 130 (143); the same command then resumes.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from ufbert_jax.train import train_and_evaluate
-
-config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and loss.png.")
-flags.mark_flags_as_required(["config", "workdir"])
+from ufbert_jax.train.interrupt import TrainingInterrupted
+from ufbert_jax.train.loop import train_and_evaluate
 
 
-def main(argv):
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """--config (a configs/*.py file, every field a --config.FIELD flag) and --workdir."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Training config file (configs/*.py).", flag_values=flag_values, lock_config=True
+    )
+    flags.DEFINE_string(
+        "workdir", None, "Directory for checkpoints, metrics.jsonl and loss.png.", flag_values=flag_values
+    )
+    flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+
+
+def main(argv: list[str]) -> None:
     del argv
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax reports every checkpoint step at INFO
     logging.getLogger("ufbert_jax").setLevel(logging.INFO)
-    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    try:
+        train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    except TrainingInterrupted as stopped:
+        print(f"Interrupted: {stopped}", file=sys.stderr)
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # before training began (data preparation, start-up): nothing to save
+        print(f"Interrupted before training began; {flags.FLAGS.workdir} holds no new step", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufbert_jax import fff
+from ufbert_jax import fff, fff_math
 
 # Judged in float64 on the operands as the dtype holds them: every implementation accumulates logits in
 # float32, so only accumulation order differs between them.
@@ -39,7 +39,7 @@ def clear_tokens(x, w_in, b_in, margin):
     x64, w64, b64 = (np.asarray(a, np.float64) for a in (x, w_in, b_in))
     node = np.zeros((x.shape[0], w_in.shape[0]), np.int64)  # [T, K]
     closest = np.full(x.shape[0], np.inf)
-    for _ in range(fff.depth_from_nodes(w_in.shape[1]) + 1):
+    for _ in range(fff_math.depth_from_nodes(w_in.shape[1]) + 1):
         rows = w64[np.arange(w_in.shape[0])[None], node]  # [T, K, H]
         logit = np.einsum("th,tkh->tk", x64, rows) + b64[np.arange(w_in.shape[0])[None], node]
         closest = np.minimum(closest, np.abs(logit).min(axis=1))

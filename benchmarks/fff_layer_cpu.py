@@ -77,7 +77,7 @@ def make_variants(tokens: int, rng) -> dict[str, tuple]:
     import jax.numpy as jnp
     from ufbert_jax.kernels import fff_cpu
 
-    from ufbert_jax import fff
+    from ufbert_jax import fff_math
 
     nodes = 2 ** (DEPTH + 1) - 1
 
@@ -99,8 +99,8 @@ def make_variants(tokens: int, rng) -> dict[str, tuple]:
         "fff_cpu": (fff_op(fff_cpu.fff_cpu), xs, fff_params),
         "dense3072": (dense_ff, xs, dense_params(3072)),
         "dense4095": (dense_ff, xs, dense_params(4095)),
-        "conditional": (fff_op(fff.conditional), xs, fff_params),
-        "masked": (fff_op(fff.masked), xs, fff_params),
+        "conditional": (fff_op(fff_math.conditional), xs, fff_params),
+        "masked": (fff_op(fff_math.masked), xs, fff_params),
     }
 
 

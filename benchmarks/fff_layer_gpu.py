@@ -33,7 +33,7 @@ from jax import lax
 from ufbert_jax.kernels import fff_pallas, fff_pallas_routed
 from ufbert_jax.kernels.pallas_math import Tiling
 
-from ufbert_jax import fff
+from ufbert_jax import fff_math
 
 HIDDEN, DEPTH = 768, 11
 TOKENS = (1, 128, 2048, 16384, 65536)
@@ -45,7 +45,8 @@ TARGET_S = 0.05  # wall time of one timed loop
 def dense_ff(x, b1, w1, w2):
     """XLA's dense FF: gelu(x w1 + b1) w2; x [T, H], w1 [H, W], b1 [W], w2 [W, H]."""
     hidden = jnp.dot(x, w1, preferred_element_type=jnp.float32) + b1
-    return jnp.dot(fff.gelu(hidden).astype(x.dtype), w2, preferred_element_type=jnp.float32).astype(x.dtype)
+    activation = fff_math.gelu(hidden).astype(x.dtype)
+    return jnp.dot(activation, w2, preferred_element_type=jnp.float32).astype(x.dtype)
 
 
 def fff_op(impl):
@@ -145,7 +146,7 @@ def sweep(rng, log):
     xs, params = operands(rng, 16384, jnp.bfloat16)
     b_in, w_in, w_out = params
     with jax.default_matmul_precision("highest"):
-        want = fff.conditional(xs[0], w_in, b_in, w_out)
+        want = fff_math.conditional(xs[0], w_in, b_in, w_out)
     routing_us = {}  # (S, route Tiling) -> us of the routing step alone
 
     def run(name, sizes):
@@ -194,7 +195,7 @@ def layer_table(rng, tokens_list, dtypes, sizes, log):
     impls = {
         "dense3072": (3072, dense_ff),
         "dense4095": (4095, dense_ff),
-        "conditional": (None, fff_op(fff.conditional)),
+        "conditional": (None, fff_op(fff_math.conditional)),
         "pallas": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=sizes))),
         "per_token": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=per_token))),
     }

@@ -1,13 +1,16 @@
-"""Pretraining throughput: crammedBERT-3072 against UltraFastBERT-1x11, side by side.
+"""Pretraining throughput: crammedBERT-3072 against UltraFastBERT-1x11 (masked and sparse FFF), side by side.
 
     PYTHONPATH=. python benchmarks/train_throughput.py [--batch 128] [--steps 20] [--json out.json]
     PYTHONPATH=. python benchmarks/train_throughput.py --tiny      # a seconds-long check on CPU
 
 Times the real train step (ufbert_jax.train.steps.train_step: sparse-prediction MLM loss, gradient,
 clipped AdamW update, donated state) on synthetic token batches, no data pipeline: 16 layers, hidden 768,
-vocabulary 32768, 128-token sequences, bf16 compute with float32 parameters, the FFF in its masked training
-form. Reports the median step time after warm-up, tokens/s, model TFLOP/s and MFU (model FLOPs as in
-ufbert_jax.train.metrics.train_flops_per_token: the FFF counted as a dense layer of K*N neurons).
+vocabulary 32768, 128-token sequences, bf16 compute with float32 parameters. A model is named
+PRESET[:FFF_IMPL] (ufbert_jax.fff.IMPLS; default "auto", the training configs' choice: the Pallas training
+kernels on a GPU, the sparse form on CPU). Reports the median step time after warm-up, tokens/s, model
+TFLOP/s and MFU (model FLOPs as in ufbert_jax.train.metrics.train_flops_per_token: the FFF counted as a
+dense layer of K*N neurons, so the sparse FFF's MFU reads above what its hardware does), and the ratio of
+the first model's step time to each model's (the speedup over the first).
 Imports only jax, flax, optax, numpy and this package (the GPU machine has no grain or ml_collections).
 """
 
@@ -29,7 +32,7 @@ from ufbert_jax.model import MaskedLM, count_params
 from ufbert_jax.train import metrics, optim
 from ufbert_jax.train.steps import train_step
 
-MODELS = ("crammedbert-3072", "ultrafastbert-1x11")
+MODELS = ("crammedbert-3072", "ultrafastbert-1x11:masked", "ultrafastbert-1x11:auto")
 TINY = dict(vocab_size=512, hidden=64, layers=2, heads=4, ff_width=128, fff_depth=3)
 
 
@@ -46,7 +49,8 @@ def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: i
 
 def measure(name: str, args) -> dict:
     overrides = dict(TINY) if args.tiny else {}
-    cfg = preset(name, dtype=args.dtype, fff_impl="masked", **overrides)
+    preset_name, _, impl = name.partition(":")
+    cfg = preset(preset_name, dtype=args.dtype, fff_impl=impl or "auto", **overrides)
     seq_len = min(args.seq_len, cfg.max_len)
     model = MaskedLM(cfg, nnx.Rngs(0))
     model.eval()  # pretraining runs without dropout
@@ -106,14 +110,14 @@ def main():
     rows = [measure(name, args) for name in args.models.split(",")]
     base = rows[0]["step_ms"]
     print(
-        f"{'model':<22}{'params':>13}{'tokens/step':>13}{'ms/step':>10}{'tokens/s':>12}"
-        f"{'TFLOP/s':>9}{'MFU':>7}{'time vs first':>15}"
+        f"{'model':<27}{'params':>13}{'tokens/step':>13}{'ms/step':>10}{'tokens/s':>12}"
+        f"{'TFLOP/s':>9}{'MFU':>7}{'speedup vs first':>18}"
     )
     for row in rows:
         mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "n/a"
         print(
-            f"{row['model']:<22}{row['params']:>13,}{row['tokens_per_step']:>13,}{row['step_ms']:>10.2f}"
-            f"{row['tokens_per_s']:>12,.0f}{row['model_tflops']:>9.1f}{mfu:>7}{row['step_ms'] / base:>14.2f}x"
+            f"{row['model']:<27}{row['params']:>13,}{row['tokens_per_step']:>13,}{row['step_ms']:>10.2f}"
+            f"{row['tokens_per_s']:>12,.0f}{row['model_tflops']:>9.1f}{mfu:>7}{base / row['step_ms']:>17.2f}x"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -3,7 +3,9 @@
 Not a config to run by itself: configs/ultrafastbert_1x11.py, crammedbert_3072.py and tiny.py build on
 `base_config()`. Fields (all overridable as --config.FIELD=VALUE):
   model, model_overrides   a preset name (ufbert_jax.config.preset) and ModelConfig field overrides
-  data.sources             corpus specs (ufbert_jax/data/corpus.py: paths, hf:NAME, tfds:NAME)
+  data.sources             a tuple of corpus specs (ufbert_jax/data/corpus.py: paths, hf:NAME, tfds:NAME);
+                           on the command line one spec (--config.data.sources=hf:NAME), the flag
+                           repeated, or a tuple literal '("/path/a","/path/b")'
   data.shard_dir, data.tokenizer   where the packed token shards and the tokenizer go (reused if present)
   data.worker_count        grain masking worker processes (0: in the training process)
   seq_len                  tokens per packed sequence (<= the model's max_len)
@@ -30,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
             model="ultrafastbert-1x11",
             model_overrides=dict(dtype="bfloat16", fff_impl="masked"),
             data=dict(
-                sources=["data/sample"],
+                sources=("data/sample",),
                 shard_dir="runs/shards/sample-32768",
                 tokenizer="runs/shards/sample-32768/tokenizer.json",
                 worker_count=0,

@@ -20,7 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = "ultrafastbert-1x5"
     # masked: the FFF training form; it also evaluates without needing the compiled kernels.
     config.model_overrides = dict(vocab_size=4096, hidden=128, layers=2, heads=4, fff_impl="masked")
-    config.data.sources = ["data/sample"]
+    config.data.sources = ("data/sample",)
     config.data.shard_dir = "runs/shards/sample-4096"
     config.data.tokenizer = "runs/shards/sample-4096/tokenizer.json"
     config.microbatch = 32

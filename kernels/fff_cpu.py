@@ -3,11 +3,10 @@
 Shape legend: T tokens, H hidden, K trees, N = 2^(D+1) - 1 nodes per tree, D depth.
 
 ``fff_cpu(x, w_in, b_in, w_out)`` has the signature and the numerics of ``reference`` (=
-``ufbert_jax.fff.conditional``): x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> y [T, H]; float32 or
-bfloat16 (b_in float32 or x's dtype). The kernel streams each weight row once per group of tokens that
-visits it (docs/cpu_kernel.md). Its gradient is the VJP of ``reference`` (a ``jax.custom_vjp``), which
-recomputes the routing in pure JAX, so ``jax.grad`` through ``fff_cpu`` is exact but not fast; training
-uses the masked form anyway.
+``ufbert_jax.fff_math.conditional``): x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> y [T, H]; float32
+or bfloat16 (b_in float32 or x's dtype). The kernel streams each weight row once per group of tokens that
+visits it (docs/cpu_kernel.md). It is a forward only: ``ufbert_jax.fff`` makes it differentiable (the
+sparse training form runs under ``jax.grad``).
 
 The shared library is compiled at first use (never at import) with ``$CXX`` (default ``g++``) against the
 FFI headers of the jaxlib that loads it (``jax.ffi.include_dir()``: newer headers would be refused by an
@@ -40,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import jaxlib
 
-from ufbert_jax import fff
+from ufbert_jax import fff_math
 
-reference = fff.conditional
+reference = fff_math.conditional
 
 TARGET = "ufbert_fff_cpu"
 SOURCE = Path(__file__).with_name("fff_cpu.cc")
@@ -200,8 +199,8 @@ def is_available() -> bool:
 
 
 def _check(x, w_in, b_in, w_out) -> None:
-    """The kernel's operand contract on top of fff.check_shapes: 2-D x, float32/bfloat16."""
-    fff.check_shapes(x, w_in, b_in, w_out)
+    """The kernel's operand contract on top of fff_math.check_shapes: 2-D x, float32/bfloat16."""
+    fff_math.check_shapes(x, w_in, b_in, w_out)
     if x.ndim != 2:
         raise ValueError(f"x must be [T, H] (use fff.apply for leading axes); got shape {tuple(x.shape)}")
     if x.dtype not in DTYPES:
@@ -219,28 +218,10 @@ def _call(x, w_in, b_in, w_out) -> jax.Array:
     return jax.ffi.ffi_call(target(isa()), out, vmap_method="sequential")(x, w_in, b_in, w_out)
 
 
-@jax.custom_vjp
-def _fff_cpu(x, w_in, b_in, w_out):
-    return _call(x, w_in, b_in, w_out)
-
-
-def _forward(x, w_in, b_in, w_out):
-    return _call(x, w_in, b_in, w_out), (x, w_in, b_in, w_out)
-
-
-def _backward(operands, cotangent):
-    """The VJP of the reference: routing recomputed in pure JAX (ties within rounding may route apart)."""
-    _, vjp = jax.vjp(reference, *operands)
-    return vjp(cotangent)
-
-
-_fff_cpu.defvjp(_forward, _backward)
-
-
 def fff_cpu(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array) -> jax.Array:
     """Conditional FFF forward, XLA CPU custom call: x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> [T, H].
 
-    Same semantics and numerics as ``reference``; differentiable through ``reference``'s VJP.
+    Same semantics and numerics as ``reference``. Not differentiable by itself: ``fff.apply`` is.
     """
     _check(x, w_in, b_in, w_out)
-    return _fff_cpu(x, w_in, b_in, w_out)
+    return _call(x, w_in, b_in, w_out)

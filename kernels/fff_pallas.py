@@ -10,9 +10,10 @@ Two kernels, chosen per call by shape (``BlockSizes.routed_min_tokens``):
     them, one gathered row of w_in and w_out per token and level (a vectorised pointer gather), a float32
     dot product and axpy. Bounded by the L2 traffic of those gathers once paths diverge.
 
-Numerics follow ``ufbert_jax.fff`` (see ``pallas_math``). Differentiation: ``fff_pallas`` is a
-``jax.custom_vjp`` whose backward pass is the VJP of ``ufbert_jax.fff.conditional`` at the same inputs,
-so gradients equal the reference's.
+Numerics follow ``ufbert_jax.fff_math`` (see ``pallas_math``). ``fff_pallas`` is a forward only;
+``fff_pallas_train`` is the training form: the routed forward saving its routing and the path-only
+backward kernels of ``fff_pallas_backward`` where the routed kernel applies, else the masked form.
+``ufbert_jax.fff`` makes ``fff_pallas`` differentiable through ``fff_pallas_train``.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
-from ufbert_jax import fff
+from ufbert_jax import fff_math
 
-from . import fff_pallas_routed
+from . import fff_pallas_backward, fff_pallas_routed
 from .pallas_math import MIN_DOT, Tiling, gelu, next_node, pad_hidden, round_up
 
 
@@ -130,22 +131,28 @@ def uses_routed(trees: int, depth: int, tokens: int, dtype, sizes: BlockSizes) -
     )
 
 
+def _padded_operands(x, w_in, b_in, w_out, tilings: list[Tiling]):
+    """x [T, Hp]; w_in, w_out [K*N, Hp]; b_in [K*N] float32, with Hp a multiple of every tiling's chunk."""
+    trees, nodes, hidden = w_in.shape
+    padded_hidden = round_up(hidden, max(tiling.hidden for tiling in tilings))  # powers of 2: all divide it
+    return (
+        pad_hidden(x, padded_hidden),  # [T, Hp]
+        pad_hidden(w_in, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
+        b_in.astype(jnp.float32).reshape(trees * nodes),  # [K, N] -> [K*N]
+        pad_hidden(w_out, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
+    )
+
+
 def _forward(x, w_in, b_in, w_out, sizes: BlockSizes, interpret: bool) -> jax.Array:
     """The kernels' forward: x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> y [T, H]."""
-    trees, nodes, depth = fff.check_shapes(x, w_in, b_in, w_out)
+    trees, nodes, depth = fff_math.check_shapes(x, w_in, b_in, w_out)
     tokens, hidden = x.shape
     if tokens == 0:
         return jnp.zeros_like(x)
     routed = uses_routed(trees, depth, tokens, x.dtype, sizes)
     tilings = [sizes.route, sizes.tile] if routed else [sizes.per_token]
     tilings = [tiling.capped(tokens, hidden) for tiling in tilings]
-    padded_hidden = round_up(hidden, max(tiling.hidden for tiling in tilings))  # powers of 2: all divide it
-    operands = (
-        pad_hidden(x, padded_hidden),  # [T, Hp]
-        pad_hidden(w_in, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
-        b_in.astype(jnp.float32).reshape(trees * nodes),  # [K, N] -> [K*N]
-        pad_hidden(w_out, padded_hidden).reshape(trees * nodes, padded_hidden),  # [K, N, Hp] -> [K*N, Hp]
-    )
+    operands = _padded_operands(x, w_in, b_in, w_out, tilings)
     if routed:
         route, tile = tilings
         y = fff_pallas_routed.forward(
@@ -157,23 +164,12 @@ def _forward(x, w_in, b_in, w_out, sizes: BlockSizes, interpret: bool) -> jax.Ar
     return y[:, :hidden]  # [T, Hp] -> [T, H]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _fff(x, w_in, b_in, w_out, sizes, interpret):
-    return _forward(x, w_in, b_in, w_out, sizes, interpret)
-
-
-def _fff_fwd(x, w_in, b_in, w_out, sizes, interpret):
-    return _forward(x, w_in, b_in, w_out, sizes, interpret), (x, w_in, b_in, w_out)
-
-
-def _fff_bwd(sizes, interpret, residuals, cotangent):
-    """The VJP of the reference (gathers in XLA); the kernels have no backward of their own."""
-    del sizes, interpret
-    _, vjp = jax.vjp(fff.conditional, *residuals)
-    return vjp(cotangent)
-
-
-_fff.defvjp(_fff_fwd, _fff_bwd)
+def _check_2d(x, w_in, b_in, w_out, interpret: bool | None) -> bool:
+    """Validates the kernels' operands; returns whether to interpret (default: off a GPU)."""
+    fff_math.check_shapes(x, w_in, b_in, w_out)
+    if x.ndim != 2:
+        raise ValueError(f"x must be [T, H]; got shape {tuple(x.shape)} (fff.apply flattens leading axes)")
+    return jax.default_backend() != "gpu" if interpret is None else interpret
 
 
 @functools.partial(jax.jit, static_argnames=("sizes", "interpret"))
@@ -181,14 +177,65 @@ def fff_pallas(x, w_in, b_in, w_out, *, sizes: BlockSizes = BlockSizes(), interp
     """The FFF layer by the Pallas kernels: x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> y [T, H].
 
     interpret: run the kernels in Pallas' interpreter (None: exactly when the default backend is not a GPU).
-    Gradients are those of ``fff.conditional`` (custom VJP).
+    A forward only (``ufbert_jax.fff`` makes it differentiable).
     """
-    fff.check_shapes(x, w_in, b_in, w_out)
-    if x.ndim != 2:
-        raise ValueError(f"x must be [T, H]; got shape {tuple(x.shape)} (fff.apply flattens leading axes)")
-    if interpret is None:
-        interpret = jax.default_backend() != "gpu"
-    return _fff(x, w_in, b_in, w_out, sizes, interpret)
+    return _forward(x, w_in, b_in, w_out, sizes, _check_2d(x, w_in, b_in, w_out, interpret))
 
 
-fff_pallas_reference = fff.conditional
+fff_pallas_reference = fff_math.conditional
+
+
+def _train_tilings(x, sizes: BlockSizes) -> tuple[Tiling, Tiling]:
+    """The routing and tile tilings of a training call (the backward kernels take the tile tiling)."""
+    return sizes.route.capped(*x.shape), sizes.tile.capped(*x.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _routed_train(x, w_in, b_in, w_out, sizes, interpret):
+    return _forward(x, w_in, b_in, w_out, sizes, interpret)
+
+
+def _routed_train_forward(x, w_in, b_in, w_out, sizes, interpret):
+    route, tile = _train_tilings(x, sizes)
+    operands = _padded_operands(x, w_in, b_in, w_out, [route, tile])
+    y, routing = fff_pallas_routed.forward(
+        *operands, sub_levels=sizes.sub_levels, route=route, tile=tile, interpret=interpret, save_logits=True
+    )
+    return y[:, : x.shape[1]], (operands, routing, b_in)
+
+
+def _routed_train_backward(sizes, interpret, residuals, g):
+    (x, w_in, _, w_out), routing, b_in = residuals
+    _, tile = _train_tilings(x, sizes)
+    hidden = g.shape[1]
+    dx, dw_in, db_in, dw_out = fff_pallas_backward.backward(
+        x, w_in, w_out, routing, pad_hidden(g, x.shape[1]), sub_levels=sizes.sub_levels, tile=tile,
+        interpret=interpret,
+    )  # fmt: skip
+    weights = (1, *dw_in.shape[:1], hidden)  # [N, Hp] -> [1, N, H]
+    return (
+        dx[:, :hidden],
+        dw_in[:, :hidden].reshape(weights).astype(w_in.dtype),
+        db_in.reshape(b_in.shape).astype(b_in.dtype),  # [N] -> [1, N]
+        dw_out[:, :hidden].reshape(weights).astype(w_out.dtype),
+    )
+
+
+_routed_train.defvjp(_routed_train_forward, _routed_train_backward)
+
+
+def fff_pallas_train(
+    x, w_in, b_in, w_out, *, sizes: BlockSizes = BlockSizes(), interpret: bool | None = None
+):
+    """The FFF training form on GPU: x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> y [T, H].
+
+    Where the routed kernel applies (``uses_routed``: one tree, enough tokens, bfloat16) the routed forward
+    saving its routing and the path-only backward kernels of ``fff_pallas_backward``; elsewhere the masked
+    form.
+    Gradients equal ``fff_math.masked``'s (``fff_math.path_vjp`` is the reference of the kernels).
+    """
+    interpret = _check_2d(x, w_in, b_in, w_out, interpret)
+    trees, _, depth = fff_math.check_shapes(x, w_in, b_in, w_out)
+    if not uses_routed(trees, depth, x.shape[0], x.dtype, sizes):
+        return fff_math.masked(x, w_in, b_in, w_out)
+    return _routed_train(x, w_in, b_in, w_out, sizes, interpret)

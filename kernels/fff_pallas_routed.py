@@ -38,6 +38,7 @@ is), so integer counts came back as zero on the H200.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,12 +57,13 @@ def applies(trees: int, depth: int, sub_levels: int) -> bool:
     return trees == 1 and 1 <= depth + 1 - sub_levels <= MAX_TOP_LEVELS
 
 
-def _route_kernel(x_ref, w_in_ref, b_ref, counts_in_ref, members_ref, acts_ref, counts_ref, *, tokens,
-                  top_levels, route_tokens, block_hidden):  # fmt: skip
+def _route_kernel(x_ref, w_in_ref, b_ref, counts_in_ref, members_ref, acts_ref, counts_ref, *logits_ref,
+                  tokens, top_levels, route_tokens, block_hidden):  # fmt: skip
     """One program: TR consecutive tokens through the top U levels.
 
     x_ref [T, Hp]; w_in_ref [N, Hp]; b_ref [N] float32; counts_in_ref = counts_ref [B] float32 (aliased:
-    zero on entry, tokens per bucket on exit); members_ref [B, T + TR] int32; acts_ref [Tr, A] float32.
+    zero on entry, tokens per bucket on exit); members_ref [B, T + TR] int32; acts_ref [Tr, A] float32;
+    logits_ref (for training only): [Tr, A] float32 top logits, zero past U.
     """
     del counts_in_ref  # the same buffer as counts_ref
     buckets = 2**top_levels
@@ -83,14 +85,16 @@ def _route_kernel(x_ref, w_in_ref, b_ref, counts_in_ref, members_ref, acts_ref, 
     logits = lax.fori_loop(0, chunks, add_chunk, jnp.zeros((route_tokens, width), jnp.float32))
     logits = logits + b_ref[pl.ds(0, width)][None, :]  # [TR, P]
     level_column = lax.broadcasted_iota(jnp.int32, (route_tokens, TOP_COLUMNS), 1)
-    acts = jnp.zeros((route_tokens, TOP_COLUMNS), jnp.float32)  # [TR, A]
+    path_logits = jnp.zeros((route_tokens, TOP_COLUMNS), jnp.float32)  # [TR, A]
     node = jnp.zeros((route_tokens,), jnp.int32)  # [TR], every token starts at the root
     for level in range(top_levels):
         logit = pick(logits, node)  # [TR]
-        acts = jnp.where(level_column == level, gelu(logit)[:, None], acts)
+        path_logits = jnp.where(level_column == level, logit[:, None], path_logits)
         node = next_node(node, logit)
     bucket = node - (buckets - 1)  # [TR] offset of the level-U node within its level: 0 .. B-1
-    acts_ref[pl.ds(first, route_tokens), :] = acts
+    acts_ref[pl.ds(first, route_tokens), :] = jnp.where(level_column < top_levels, gelu(path_logits), 0.0)
+    for ref in logits_ref:
+        ref[pl.ds(first, route_tokens), :] = path_logits
 
     bucket_ids = lax.broadcasted_iota(jnp.int32, (route_tokens, buckets), 1)
     member = (bucket[:, None] == bucket_ids) & valid[:, None]  # [TR, B]
@@ -107,7 +111,30 @@ def _route_kernel(x_ref, w_in_ref, b_ref, counts_in_ref, members_ref, acts_ref, 
     )
 
 
-def _subtree_rows(bucket, top_levels: int, sub_levels: int) -> jax.Array:
+def locate_item(counts_ref, buckets: int, item_tokens: int):
+    """This program's work item w = program_id(0): the w-th run of at most `item_tokens` tokens of a bucket.
+
+    counts_ref [B] float32. Returns (bucket, first, count): bucket is B when the program has no work; first
+    is the item's first slot in its bucket's row of the members table, count its tokens (1 .. item_tokens).
+    Items are numbered bucket by bucket (``work_items`` bounds their number).
+    """
+    counts = counts_ref[pl.ds(0, buckets)].astype(jnp.int32)  # [B]
+    runs = (counts + item_tokens - 1) // item_tokens  # [B] work items per bucket
+    runs_end = jnp.cumsum(runs)  # [B]
+    work = pl.program_id(0)
+    bucket = jnp.sum((runs_end <= work).astype(jnp.int32))  # B when this program has no work
+    first = (work - (pick(runs_end, bucket) - pick(runs, bucket))) * item_tokens
+    return bucket, first, jnp.minimum(pick(counts, bucket) - first, item_tokens)
+
+
+def run_tokens(members_ref, bucket, first, count, tile_tokens: int):
+    """(token [TB] int32, valid [TB] bool): the token ids in slots first .. first + count - 1 of the bucket,
+    lanes past `count` repeating the last one and marked invalid."""
+    lane = lax.broadcasted_iota(jnp.int32, (tile_tokens,), 0)
+    return members_ref[bucket, first + jnp.minimum(lane, count - 1)], lane < count
+
+
+def subtree_rows(bucket, top_levels: int, sub_levels: int) -> jax.Array:
     """[SW] row ids of the subtree below level-U node `bucket` in heap order, then its root again (idle).
 
     Local node i at subtree level j (2^j - 1 <= i < 2^(j+1) - 1) is global node
@@ -123,7 +150,7 @@ def _subtree_rows(bucket, top_levels: int, sub_levels: int) -> jax.Array:
     return rows
 
 
-def _path_rows(bucket, top_levels: int) -> jax.Array:
+def path_rows(bucket, top_levels: int) -> jax.Array:
     """[A] row ids of the top path to level-U node `bucket` (levels 0 .. U-1), then row 0 (activation 0)."""
     level = lax.broadcasted_iota(jnp.int32, (TOP_COLUMNS,), 0)
     rows = jnp.zeros_like(level)
@@ -133,30 +160,37 @@ def _path_rows(bucket, top_levels: int) -> jax.Array:
     return rows
 
 
-def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_out_ref, y_ref, *,
+def subtree_path(logits: jax.Array, sub_levels: int) -> jax.Array:
+    """[TB, SW] bool: the S nodes each token visits in its subtree, from the logits [TB, SW] of all of them
+    (local heap order, the idle last column never visited)."""
+    column = lax.broadcasted_iota(jnp.int32, logits.shape, 1)
+    node = jnp.zeros(logits.shape[:1], jnp.int32)  # [TB] local heap id, from the subtree root
+    on_path = column < 0  # [TB, SW] all False
+    for _ in range(sub_levels):
+        hit = column == node[:, None]
+        on_path = on_path | hit
+        node = next_node(node, jnp.sum(jnp.where(hit, logits, 0.0), axis=1))
+    return on_path
+
+
+def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_out_ref, y_ref, *logits_ref,
                  top_levels, sub_levels, tile_tokens, block_hidden):  # fmt: skip
     """One work item: up to TB tokens of one bucket through its subtree, writing their y rows.
 
     counts_ref [B] float32; members_ref [B, T + TR] int32 token ids by bucket; acts_ref [Tr, A] float32;
-    x_ref, y_ref [T, Hp]; w_in_ref, w_out_ref [N, Hp]; b_ref [N] float32.
+    x_ref, y_ref [T, Hp]; w_in_ref, w_out_ref [N, Hp]; b_ref [N] float32; logits_ref (for training only):
+    [T, SW] float32, the logits of the subtree's nodes for every token.
     """
     buckets, width = 2**top_levels, 2**sub_levels
-    counts = counts_ref[pl.ds(0, buckets)].astype(jnp.int32)  # [B]
-    runs = (counts + tile_tokens - 1) // tile_tokens  # [B] work items per bucket
-    runs_end = jnp.cumsum(runs)  # [B]
-    work = pl.program_id(0)
-    bucket = jnp.sum((runs_end <= work).astype(jnp.int32))  # B when this program has no work
+    bucket, first, count = locate_item(counts_ref, buckets, tile_tokens)
 
     @pl.when(bucket < buckets)
     def _():
-        run = work - (pick(runs_end, bucket) - pick(runs, bucket))  # index of this run within its bucket
-        count = jnp.minimum(pick(counts, bucket) - run * tile_tokens, tile_tokens)  # 1 .. TB
-        lane = lax.broadcasted_iota(jnp.int32, (tile_tokens,), 0)
-        token = members_ref[bucket, run * tile_tokens + jnp.minimum(lane, count - 1)]  # [TB]
+        token, _ = run_tokens(members_ref, bucket, first, count, tile_tokens)  # [TB]
         # Loaded before the logits loop, so that its latency can overlap the loop's loads.
         top_acts = acts_ref[token, pl.ds(0, TOP_COLUMNS)].astype(w_out_ref.dtype)  # [TB, A]
-        sub_rows = _subtree_rows(bucket, top_levels, sub_levels)  # [SW]
-        top_rows = _path_rows(bucket, top_levels)  # [A]
+        sub_rows = subtree_rows(bucket, top_levels, sub_levels)  # [SW]
+        top_rows = path_rows(bucket, top_levels)  # [A]
         chunks = x_ref.shape[1] // block_hidden
 
         def add_chunk(chunk, logits):
@@ -166,14 +200,10 @@ def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_ou
 
         logits = lax.fori_loop(0, chunks, add_chunk, jnp.zeros((tile_tokens, width), jnp.float32))
         logits = logits + b_ref[sub_rows][None, :]  # [TB, SW]
-        column = lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-        node = jnp.zeros((tile_tokens,), jnp.int32)  # [TB] local heap id, from the subtree root
-        on_path = column < 0  # [TB, SW] all False
-        for _ in range(sub_levels):
-            hit = column == node[:, None]
-            on_path = on_path | hit
-            node = next_node(node, jnp.sum(jnp.where(hit, logits, 0.0), axis=1))
-        # Activations rounded to the weights' dtype before the output products (fff.py's numerics).
+        for ref in logits_ref:  # both indices as arrays, as the y store below
+            plgpu.store(ref.at[token[:, None], lax.broadcasted_iota(jnp.int32, (1, width), 1)], logits)
+        # Activations rounded to the weights' dtype before the output products (fff_math's numerics).
+        on_path = subtree_path(logits, sub_levels)
         sub_acts = jnp.where(on_path, gelu(logits), 0.0).astype(w_out_ref.dtype)  # [TB, SW]
 
         def store_chunk(chunk, carry):
@@ -188,8 +218,9 @@ def _tile_kernel(counts_ref, members_ref, acts_ref, x_ref, w_in_ref, b_ref, w_ou
         lax.fori_loop(0, chunks, store_chunk, 0)
 
 
-def route_step(x, w_in, b_in, *, sub_levels: int, tiling: Tiling, interpret: bool):
-    """Step 1: (members [B, T + TR] int32 token ids by bucket, acts [Tr, A] float32, counts [B] float32).
+def route_step(x, w_in, b_in, *, sub_levels: int, tiling: Tiling, interpret: bool, save_logits: bool = False):
+    """Step 1: (members [B, T + TR] int32 token ids by bucket, acts [Tr, A] float32, counts [B] float32),
+    and with save_logits the top path logits [Tr, A] float32 too.
 
     x [T, Hp]; w_in [N, Hp]; b_in [N] float32; tiling: TR = tiling.tokens, HC = tiling.hidden.
     """
@@ -210,6 +241,7 @@ def route_step(x, w_in, b_in, *, sub_levels: int, tiling: Tiling, interpret: boo
             jax.ShapeDtypeStruct((buckets, tokens + tiling.tokens), jnp.int32),  # members
             jax.ShapeDtypeStruct((padded, TOP_COLUMNS), jnp.float32),  # top activations
             jax.ShapeDtypeStruct((buckets,), jnp.float32),  # counts
+            *[jax.ShapeDtypeStruct((padded, TOP_COLUMNS), jnp.float32)] * save_logits,  # top logits
         ),
         grid=(padded // tiling.tokens,),
         input_output_aliases={3: 2},
@@ -219,20 +251,48 @@ def route_step(x, w_in, b_in, *, sub_levels: int, tiling: Tiling, interpret: boo
     )(x, w_in, b_in, jnp.zeros((buckets,), jnp.float32))
 
 
+class Routing(NamedTuple):
+    """What the forward learnt about every token, for the training backward (``fff_pallas_backward``).
+
+    members [B, T + TR] int32 token ids by bucket; counts [B] float32 tokens per bucket; top_logits
+    [Tr, A] float32 the logits of each token's top path (zero past U); sub_logits [T, SW] float32 the
+    logits of all nodes of each token's subtree.
+    """
+
+    members: jax.Array
+    counts: jax.Array
+    top_logits: jax.Array
+    sub_logits: jax.Array
+
+
+def work_items(tokens: int, top_levels: int, item_tokens: int) -> int:
+    """A bound on the runs of at most `item_tokens` tokens of one bucket: sum over buckets of
+    ceil(count / item_tokens) <= (T + B (item_tokens - 1)) / item_tokens."""
+    return (tokens + 2**top_levels * (item_tokens - 1)) // item_tokens
+
+
 def forward(
-    x, w_in, b_in, w_out, *, sub_levels: int, route: Tiling, tile: Tiling, interpret: bool
-) -> jax.Array:
-    """y [T, Hp] from x [T, Hp], w_in, w_out [N, Hp], b_in [N] float32 (one tree).
+    x,
+    w_in,
+    b_in,
+    w_out,
+    *,
+    sub_levels: int,
+    route: Tiling,
+    tile: Tiling,
+    interpret: bool,
+    save_logits: bool = False,
+) -> jax.Array | tuple[jax.Array, Routing]:
+    """y [T, Hp] from x [T, Hp], w_in, w_out [N, Hp], b_in [N] float32 (one tree); with save_logits
+    (y, Routing) for the training backward.
 
     route, tile: the tilings of the two steps (TR, TB tokens; Hp a multiple of both hidden chunks).
-    """
-    members, acts, counts = route_step(
-        x, w_in, b_in, sub_levels=sub_levels, tiling=route, interpret=interpret
+    """  # fmt: skip
+    members, acts, counts, *top_logits = route_step(
+        x, w_in, b_in, sub_levels=sub_levels, tiling=route, interpret=interpret, save_logits=save_logits
     )
     tokens = x.shape[0]
     top_levels = w_in.shape[0].bit_length() - sub_levels
-    # Runs of at most TB tokens: sum over buckets of ceil(count / TB) <= (T + B (TB - 1)) / TB.
-    work_items = (tokens + 2**top_levels * (tile.tokens - 1)) // tile.tokens
     kernel = functools.partial(
         _tile_kernel,
         top_levels=top_levels,
@@ -240,11 +300,17 @@ def forward(
         tile_tokens=tile.tokens,
         block_hidden=tile.hidden,
     )
-    return pl.pallas_call(
+    y, *sub_logits = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct(x.shape, x.dtype),
-        grid=(work_items,),
+        out_shape=(
+            jax.ShapeDtypeStruct(x.shape, x.dtype),
+            *[jax.ShapeDtypeStruct((tokens, 2**sub_levels), jnp.float32)] * save_logits,
+        ),
+        grid=(work_items(tokens, top_levels, tile.tokens),),
         compiler_params=plgpu.CompilerParams(num_warps=tile.warps, num_stages=tile.stages),
         interpret=interpret,
         name="fff_subtrees",
     )(counts, members, acts, x, w_in, b_in, w_out)
+    if not save_logits:
+        return y
+    return y, Routing(members, counts, *top_logits, *sub_logits)

@@ -1,6 +1,6 @@
-"""Math shared by the Pallas (Triton) FFF kernels: GELU, tile products, the heap step, padding, tilings.
+"""Math shared by the Pallas (Triton) FFF kernels: GELU and its derivative, tile products, padding, tilings.
 
-Numerics follow ``ufbert_jax.fff``: float32 logits, decision and GELU on that logit, NaN routes left.
+Numerics follow ``ufbert_jax.fff_math``: float32 logits, decision and GELU on that logit, NaN routes left.
 ``lax.erfc`` has no Triton lowering, so the GELU uses XLA's own float32 erfc expansion, term for term, so
 that far-negative logits give GELU = -0 as in the reference. Tile products accumulate in float32 (bf16
 operands on tensor cores; float32 operands in IEEE mode, not Triton's default TF32).
@@ -15,6 +15,12 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental.pallas import triton as plgpu
 
+from ufbert_jax.fff_math import next_node
+
+__all__ = [
+    "MIN_DOT", "Tiling", "dot", "gelu", "gelu_grad", "next_node", "pad_hidden", "pick", "round_up",
+]  # fmt: skip
+
 # XLA's float32 erfc (Cephes; the chlo-to-mhlo expansion): 1 - u T(u^2) for |u| < 1, else
 # exp(-u^2) / |u| times P(1/u^2) (|u| < 2) or R(1/u^2), zero once -u^2 < -MAXLOG, reflected as 2 - erfc(-u).
 _ERF_T = (7.853861353153693e-5, -8.010193625184903e-4, 5.188327685732524e-3, -2.685381193529856e-2,
@@ -27,6 +33,7 @@ _ERFC_R = (-1.047766399936249e1, 1.297719955372516e1, -7.495518717768503e0, 2.92
            5.641895067754075e-1)  # fmt: skip
 _MAXLOG = 88.72283905206835
 _SQRT_HALF = 0.7071067811865476
+_RSQRT_2PI = 0.3989422804014327
 
 # Triton's tensor-core dot needs every dimension >= 16.
 MIN_DOT = 16
@@ -85,14 +92,14 @@ def gelu(z: jax.Array) -> jax.Array:
     return 0.5 * z * _erfc(-z * _SQRT_HALF)
 
 
-def dot(a: jax.Array, b: jax.Array, trans_b: bool = False) -> jax.Array:
+def gelu_grad(z: jax.Array) -> jax.Array:
+    """GELU'(z) = Phi(z) + z phi(z) of a float32 logit, the derivative of ``gelu``."""
+    return 0.5 * _erfc(-z * _SQRT_HALF) + z * jnp.exp(-0.5 * z * z) * _RSQRT_2PI
+
+
+def dot(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
     """Tile product, float32 accumulation; float32 operands in IEEE mode (Triton's default: TF32)."""
-    return plgpu.dot(a, b, trans_b=trans_b, precision=lax.Precision.HIGHEST)
-
-
-def next_node(node: jax.Array, logit: jax.Array) -> jax.Array:
-    """Heap step: 2n+1 when logit <= 0 or NaN, 2n+2 when logit > 0 (as fff._children)."""
-    return 2 * node + 1 + (logit > 0).astype(jnp.int32)
+    return plgpu.dot(a, b, trans_a=trans_a, trans_b=trans_b, precision=lax.Precision.HIGHEST)
 
 
 def pick(values: jax.Array, index: jax.Array) -> jax.Array:

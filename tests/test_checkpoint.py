@@ -1,6 +1,7 @@
 """The workdir format: config round trip, params-only steps, restoring into MLM and classifier models."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -45,3 +46,35 @@ def test_config_overrides_and_errors(tmp_path):
     (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps({"format": "other/9", "model": {}}))
     with pytest.raises(ValueError, match="format 'other/9', expected 'ufbert-jax/1'"):
         checkpoint.load_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text", ["", '{"format": "ufbert-jax/1", "mod', "[1, 2]", '{"format": "ufbert-jax/1"}']
+)
+def test_a_damaged_model_json_is_an_error_naming_it(tmp_path, text):
+    checkpoint.save_config(tmp_path, config.preset("tiny-fff"))
+    (tmp_path / checkpoint.CONFIG_FILE).write_text(text)
+    with pytest.raises(ValueError, match=rf"{tmp_path / checkpoint.CONFIG_FILE}"):
+        checkpoint.load_config(tmp_path)
+
+
+def test_a_damaged_step_is_an_error_naming_its_folder(tmp_path):
+    cfg = config.preset("tiny-fff")
+    checkpoint.save_params(tmp_path, 3, model.MaskedLM(cfg, nnx.Rngs(0)))
+    params = tmp_path / checkpoint.CHECKPOINT_DIR / "3" / "params"
+    data = max((p for p in params.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"{params} does not restore: .*"):
+        checkpoint.restore_params(tmp_path, model.MaskedLM(cfg, nnx.Rngs(1)))
+
+
+def test_model_json_is_replaced_atomically_with_the_umask_mode(tmp_path):
+    checkpoint.save_config(tmp_path, config.preset("tiny-fff"))
+    path = tmp_path / checkpoint.CONFIG_FILE
+    inode = path.stat().st_ino
+    checkpoint.save_config(tmp_path, config.preset("tiny-dense"))
+    assert path.stat().st_ino != inode and checkpoint.load_config(tmp_path) == config.preset("tiny-dense")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.CONFIG_FILE]

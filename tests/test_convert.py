@@ -3,14 +3,16 @@ and workdir, fill-mask, and clear errors on bad input.
 
 Every checkpoint here is synthetic but in the exact original format: config.json with a published-style
 `arch` dict, model.safetensors with the original key names and shapes (written out below from
-ULTRAFASTBERT_FACTS §6, independent of ufbert_jax.state_dict), random non-zero biases and norms, and a
+docs/published_model.md, independent of ufbert_jax.state_dict), random non-zero biases and norms, and a
 tokenizer.json whose special tokens are in a non-default order.
 """
 
 import copy
 import importlib.util
 import json
+import os
 import pickle
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -207,8 +209,16 @@ def original(tmp_path, rng):
     return write_original(tmp_path / "original", arch, sd), sd
 
 
+def padded_tokens_and_mask(rng, cfg):
+    """tokens_and_mask with padding by construction: its last row is cut to a length in [S/2, S)."""
+    ids, mask = tokens_and_mask(rng, cfg)
+    seq_len = ids.shape[1]
+    mask[-1, rng.integers(seq_len // 2, seq_len) :] = 0
+    return ids * mask, mask  # pad id 0 on padded positions
+
+
 def logits_of(mlm, rng):
-    ids, mask = tokens_and_mask(rng, mlm.cfg)
+    ids, mask = padded_tokens_and_mask(rng, mlm.cfg)
     return np.asarray(mlm(ids, mask)), ids, mask
 
 
@@ -219,8 +229,8 @@ def logits_of(mlm, rng):
 def test_mlm_logits_equal_the_float64_original(tmp_path, rng, feedforward):
     arch = small_arch(feedforward)
     cfg = convert.config_from_arch(arch)
-    ids, mask = tokens_and_mask(rng, cfg)
-    assert (mask == 0).any(), "the batch must contain padding"
+    ids, mask = padded_tokens_and_mask(rng, cfg)
+    assert mask[0].all() and not mask[-1].all(), "a full row and a padded one"
     sd, expected = well_conditioned(arch, rng, ids, mask)
     mlm, _ = convert.from_pretrained(write_original(tmp_path, arch, sd))
     got = np.asarray(mlm(ids, mask))
@@ -312,14 +322,19 @@ def test_decoder_copy_wins_when_the_tied_copies_differ(tmp_path, rng):
     np.testing.assert_array_equal(again["decoder.weight"], sd["decoder.weight"])
 
 
+def convert_script(*flags: str) -> subprocess.CompletedProcess:
+    """The documented command line: python convert.py FLAGS, in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "convert.py", *flags], cwd=Path(__file__).parents[1], capture_output=True, text=True
+    )
+
+
 def test_cli_writes_a_workdir_that_train_and_eval_glue_load(original, tmp_path, rng):
     directory, sd = original
     workdir = tmp_path / "workdir"
-    subprocess.run(
-        [sys.executable, "-m", "ufbert_jax.convert", str(directory), "--out", str(workdir)],
-        check=True,
-        cwd=Path(__file__).parents[1],
-    )
+    done = convert_script(f"--source={directory}", f"--workdir={workdir}")
+    assert done.returncode == 0, done.stderr
+    assert f"{directory} -> {workdir}:" in done.stdout
     converted, tokenizer = convert.from_pretrained(directory)
     loaded = checkpoint.load_pretrained(workdir)
     loaded.eval()
@@ -334,7 +349,8 @@ def test_cli_writes_a_workdir_that_train_and_eval_glue_load(original, tmp_path, 
         classifier.encoder.layers[1].ffn.w_in[...], converted.encoder.layers[1].ffn.w_in[...]
     )
     # ... and back to the original format, bit for bit.
-    convert.main([str(workdir), "--export", str(tmp_path / "exported")])
+    done = convert_script(f"--workdir={workdir}", f"--export={tmp_path / 'exported'}", "--step=0")
+    assert done.returncode == 0, done.stderr
     again = safetensors.numpy.load_file(tmp_path / "exported" / "model.safetensors")
     assert sorted(again) == sorted(sd)
     for key, value in sd.items():
@@ -523,3 +539,64 @@ def test_torch_pickle_of_tensors_loads_like_safetensors(original, tmp_path):
     assert sorted(loaded) == sorted(sd)
     for key, value in sd.items():
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
+
+# ------------------------------------------------------------------------- damaged files, bad values
+
+
+UNREADABLE = "not a readable safetensors file"
+
+
+@pytest.mark.parametrize(
+    "name, damage, message",
+    [
+        ("config.json", lambda data: data[: len(data) // 2], r"config\.json: invalid JSON .*truncated\?"),
+        ("config.json", lambda data: b"", r"config\.json: empty file, expected JSON"),
+        ("config.json", lambda data: b"\xff\xfe" + data, r"config\.json: not UTF-8 text"),
+        ("model.safetensors", lambda data: data[:-100], rf"model\.safetensors: {UNREADABLE}"),
+        ("model.safetensors", lambda data: data[:5], rf"model\.safetensors: {UNREADABLE}"),
+        ("tokenizer.json", lambda data: b"", r"tokenizer\.json: not a `tokenizers` JSON file"),
+        ("tokenizer.json", lambda data: data[:-10], r"tokenizer\.json: not a `tokenizers` JSON file"),
+    ],
+    ids=["config-truncated", "config-empty", "config-binary", "safetensors-truncated", "safetensors-header",
+         "tokenizer-empty", "tokenizer-truncated"],
+)  # fmt: skip
+def test_damaged_files_are_named(original, name, damage, message):
+    directory, _ = original
+    path = directory / name
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ValueError, match=rf"{directory}/{message}"):
+        convert.from_pretrained(directory)
+
+
+def test_non_finite_or_non_float_weights_are_refused(tmp_path, rng):
+    arch = small_arch("fff-1x3")
+    sd = original_state_dict(arch, rng)
+    sd["encoder.layers.0.attn.dense.weight"][3, 4] = np.nan
+    sd["encoder.final_norm.bias"][0] = np.inf
+    sd["encoder.layers.1.norm1.weight"] = np.ones(SMALL["hidden"], np.int32)
+    with pytest.raises(state_dict.StateDictError) as info:
+        convert.from_pretrained(write_original(tmp_path / "bad", arch, sd))
+    for expected in (
+        "encoder.layers.0.attn.dense.weight: 1 of 1024 values are NaN or infinite",
+        "encoder.final_norm.bias: 1 of 32 values are NaN or infinite",
+        "encoder.layers.1.norm1.weight: dtype int32, expected floating point",
+    ):
+        assert expected in str(info.value), str(info.value)
+
+
+def test_export_refuses_non_finite_weights_and_writes_readable_files(original, tmp_path):
+    mlm, tokenizer = convert.from_pretrained(original[0])
+    old = os.umask(0o022)
+    try:
+        exported = convert.save_pretrained(mlm, tokenizer, tmp_path / "exported")
+        workdir = tmp_path / "workdir"
+        convert.to_workdir(original[0], workdir)
+    finally:
+        os.umask(old)
+    files = [*exported.iterdir(), workdir / "model.json", workdir / "tokenizer.json"]
+    assert len(files) == 7 and {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o644"}, files
+    mlm.encoder.layers[0].ffn.w_in[...] = mlm.encoder.layers[0].ffn.w_in[...].at[0, 0, 0].set(np.nan)
+    with pytest.raises(state_dict.StateDictError, match=r"refusing to export:\n  encoder\.layers\.0\.ffn"):
+        convert.save_pretrained(mlm, tokenizer, tmp_path / "nan")
+    assert not (tmp_path / "nan" / "model.safetensors").exists()

@@ -228,3 +228,37 @@ def test_sample_corpus_is_byte_identical_to_the_shared_books():
     docs = list(local_documents(REPO / "data" / "sample"))
     assert len(docs) == len(books)
     assert not any("Project Gutenberg" in d[:2000] or "\r" in d for d in docs)
+
+
+# ---- robustness: files that are not text are named, never read as noise -----------------------------------
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"\x7fELF\x02\x01\x01\x00\x00\x00 binary", "is not text: it has NUL bytes"),
+        (
+            "Bonjour, ça va très bien à Noël. ".encode("latin-1") * 20,
+            "is not UTF-8 text: 80 of its 660 bytes",
+        ),
+        ("text".encode("utf-16"), "is not text: it has NUL bytes"),
+    ],
+    ids=["binary", "latin-1", "utf-16"],
+)
+def test_a_file_that_is_not_text_is_named(tmp_path, content, message):
+    path = tmp_path / "corpus" / "wiki_00"  # suffix-less: a directory walk reads it
+    path.parent.mkdir()
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"corpus file {path} {message}"):
+        list(local_documents(tmp_path / "corpus"))
+
+
+def test_a_stray_undecodable_byte_is_tolerated(tmp_path):
+    path = write(tmp_path / "a.txt", "Plain English text. " * 100)
+    path.write_bytes(path.read_bytes() + b"\xff")
+    assert list(local_documents(path)) == [("Plain English text. " * 100) + "\ufffd"]
+
+
+def test_a_record_whose_text_is_not_a_string_is_named():
+    with pytest.raises(TypeError, match=r"hf dataset x/train: field 'text' is a int, expected text"):
+        corpus._field_text({"text": 3}, "text", "hf dataset x/train")

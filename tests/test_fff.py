@@ -1,6 +1,7 @@
-"""The FFF math against the float64 NumPy reference, masked vs conditional, paths, gradients, errors."""
+"""The FFF math against the float64 NumPy reference: masked, conditional, sparse, paths, gradients, errors."""
 
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests import reference_numpy as ref
-from ufbert_jax import fff
+from ufbert_jax import fff, fff_math
 
 # Tokens whose on-path logit (float64, on the operands as the dtype holds them) is closer to 0 than this may
 # route differently under float32 accumulation; every implementation accumulates logits in float32.
@@ -49,7 +50,7 @@ def unambiguous(x, w_in, b_in, margin=MARGIN):
     return flat[path_margin > margin]
 
 
-@pytest.mark.parametrize("impl", ["masked", "conditional"])
+@pytest.mark.parametrize("impl", ["masked", "conditional", "sparse"])
 @pytest.mark.parametrize("trees,depth,hidden", [(1, 0, 8), (1, 3, 16), (3, 2, 32), (2, 5, 24), (1, 11, 16)])
 def test_matches_float64_reference(rng, impl, trees, depth, hidden):
     x, w_in, b_in, w_out = draw(rng, trees, depth, hidden, lead=(3, 11))
@@ -72,28 +73,83 @@ COMBOS = [
 ]
 
 
+def masked_and(impl, args, cotangent):
+    """(y, dx, dw_in, db_in, dw_out) of the masked form and of `impl` at the same point."""
+
+    def value_and_vjp(name):
+        y, vjp = jax.vjp(lambda *a: fff.apply(*a, impl=name), *args)
+        return (y, *vjp(cotangent))
+
+    return jax.jit(lambda: value_and_vjp("masked"))(), jax.jit(lambda: value_and_vjp(impl))()
+
+
+def assert_equal_to_rounding(masked, other, dtype):
+    for name, a, b in zip(["y", "dx", "dw_in", "db_in", "dw_out"], masked, other, strict=True):
+        assert a.dtype == b.dtype, name
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        scale = max(1.0, np.abs(a).max())
+        assert np.abs(a - b).max() <= TOL[dtype] * scale, (name, np.abs(a - b).max())
+
+
+@pytest.mark.parametrize("impl", ["conditional", "sparse"])
 @pytest.mark.parametrize("trees,depth,hidden,dtype,lead", COMBOS)
-def test_masked_equals_conditional_outputs_and_gradients(rng, trees, depth, hidden, dtype, lead):
+def test_outputs_and_gradients_equal_the_masked_form(rng, impl, trees, depth, hidden, dtype, lead):
     # The values the dtype can hold, so that the float64 routing check sees what the kernels see.
     x, w_in, b_in, w_out = (a.astype(dtype).astype(np.float32) for a in draw(rng, trees, depth, hidden, lead))
     x = unambiguous(x, w_in, b_in)
     args = (jnp.asarray(x, dtype), jnp.asarray(w_in, dtype), jnp.asarray(b_in), jnp.asarray(w_out, dtype))
     cotangent = jnp.asarray(rng.standard_normal(x.shape), dtype)
-
-    def value_and_vjp(impl):
-        y, vjp = jax.vjp(lambda *a: fff.apply(*a, impl=impl), *args)
-        return (y, *vjp(cotangent))
-
-    masked = jax.jit(lambda: value_and_vjp("masked"))()
-    conditional = jax.jit(lambda: value_and_vjp("conditional"))()
-    for name, a, b in zip(["y", "dx", "dw_in", "db_in", "dw_out"], masked, conditional, strict=True):
-        assert a.dtype == b.dtype, name
-        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        scale = max(1.0, np.abs(b).max())
-        assert np.abs(a - b).max() <= TOL[dtype] * scale, (name, np.abs(a - b).max())
+    assert_equal_to_rounding(*masked_and(impl, args, cotangent), dtype)
 
 
-@pytest.mark.parametrize("impl", ["masked", "conditional", "auto"])
+# K in {1, 2, 4}, D in {0, 1, 5, 11}, both dtypes; T ragged (1, 6 or 37 tokens, in turn).
+SPARSE_COMBOS = [
+    (trees, depth, dtype, (1, 6, 37)[i % 3])
+    for i, (trees, depth, dtype) in enumerate(
+        itertools.product([1, 2, 4], [0, 1, 5, 11], [jnp.float32, jnp.bfloat16])
+    )
+]
+
+
+@pytest.mark.parametrize("trees,depth,dtype,tokens", SPARSE_COMBOS)
+def test_sparse_gradients_equal_masked_with_padding_tokens(rng, trees, depth, dtype, tokens):
+    """Padded positions (their cotangent rows zero, as a loss that ignores them gives) and ragged T."""
+    drawn = draw(rng, trees, depth, 24, lead=(tokens + 24,))
+    x, w_in, b_in, w_out = (a.astype(dtype).astype(np.float32) for a in drawn)
+    x = unambiguous(x, w_in, b_in)
+    assert len(x) >= tokens, f"only {len(x)} of {tokens + 24} tokens route unambiguously"
+    x = x[:tokens]
+    args = (jnp.asarray(x, dtype), jnp.asarray(w_in, dtype), jnp.asarray(b_in), jnp.asarray(w_out, dtype))
+    cotangent = rng.standard_normal(x.shape)
+    cotangent[len(x) // 2 :] = 0.0  # the second half of the tokens are padding
+    assert_equal_to_rounding(*masked_and("sparse", args, jnp.asarray(cotangent, dtype)), dtype)
+
+
+def test_path_vjp_equals_the_float64_reference_gradients(rng):
+    """path_vjp against gradients written out in float64 NumPy from the path (an independent derivation)."""
+    x, w_in, b_in, w_out = draw(rng, 2, 4, 12, lead=(40,))
+    x = unambiguous(x, w_in, b_in)
+    g = rng.standard_normal(x.shape)
+    _, visited, _ = reference(x, w_in, b_in, w_out)
+    _, nodes, logits = fff_math.conditional_with_path(x, w_in, b_in, w_out)
+    grads = fff_math.path_vjp(x, w_in, b_in, w_out, nodes, logits, jnp.asarray(g, jnp.float32))
+    x64, w_in64, b_in64, w_out64 = (np.asarray(a, np.float64) for a in (x, w_in, b_in, w_out))
+    want = [np.zeros_like(x64), np.zeros_like(w_in64), np.zeros_like(b_in64), np.zeros_like(w_out64)]
+    for t, k, level in itertools.product(range(len(x)), range(w_in.shape[0]), range(visited.shape[-1])):
+        n = visited[t, k, level]
+        z = x64[t] @ w_in64[k, n] + b_in64[k, n]
+        dz = (g[t] @ w_out64[k, n]) * (
+            0.5 * math.erfc(-z / math.sqrt(2)) + z * math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+        )
+        want[0][t] += dz * w_in64[k, n]
+        want[1][k, n] += dz * x64[t]
+        want[2][k, n] += dz
+        want[3][k, n] += ref.gelu(z) * g[t]
+    for got, expected in zip(grads, want, strict=True):
+        np.testing.assert_allclose(np.asarray(got), expected, rtol=2e-5, atol=2e-5 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("impl", ["masked", "conditional", "sparse", "auto"])
 def test_gradients_match_float64_finite_differences(rng, impl):
     """jax.grad of sum(y * c) equals the float64 reference's central differences (routing held fixed)."""
     # A token passes the 0.05 margin on all 8 on-path logits with probability about 0.7: draw 32 so that
@@ -123,7 +179,7 @@ def test_gradients_match_float64_finite_differences(rng, impl):
             assert abs(float(np.asarray(grad).reshape(-1)[i]) - numeric) < 1e-3 * max(1, abs(numeric))
 
 
-@pytest.mark.parametrize("impl", ["masked", "conditional", "auto"])
+@pytest.mark.parametrize("impl", ["masked", "conditional", "sparse", "auto"])
 def test_off_path_nodes_get_exactly_zero_gradient(rng, impl):
     x, w_in, b_in, w_out = draw(rng, 2, 4, 16, lead=(3,))
     _, visited, _ = reference(x, w_in, b_in, w_out)
@@ -156,7 +212,7 @@ def test_depth_zero_is_a_plain_gelu_feedforward_with_input_bias(rng):
     # K trees of one node = a dense GELU FF of width K: gelu(x W_in^T + b) W_out, no output bias.
     hidden = x.astype(np.float64) @ w_in[:, 0].T.astype(np.float64) + b_in[:, 0]
     expected = ref.gelu(hidden) @ w_out[:, 0].astype(np.float64)
-    for impl in ("masked", "conditional"):
+    for impl in ("masked", "conditional", "sparse"):
         np.testing.assert_allclose(fff.apply(x, w_in, b_in, w_out, impl=impl), expected, atol=2e-5, rtol=1e-5)
 
 
@@ -174,7 +230,7 @@ def test_zero_and_nan_logits_route_left_positive_right(rng):
 
 def test_jit_and_vmap_over_inputs_and_weights(rng):
     x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(4, 6))
-    for impl in ("masked", "conditional", "auto"):
+    for impl in ("masked", "conditional", "sparse", "auto"):
         apply = jax.jit(lambda *a, impl=impl: fff.apply(*a, impl=impl))
         expected = apply(x, w_in, b_in, w_out)
         np.testing.assert_allclose(
@@ -186,11 +242,26 @@ def test_jit_and_vmap_over_inputs_and_weights(rng):
         np.testing.assert_allclose(per_weights[1], apply(x, *(s[1] for s in stacked)), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_differentiates_through_the_masked_form(rng):
+def test_per_example_gradients_under_vmap_equal_masked(rng):
+    x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(40,))
+    x = unambiguous(x, w_in, b_in)[:24].reshape(4, 6, 16)  # [B, T, H]
+
+    def per_example(impl):
+        loss = lambda x_, *w: (fff.apply(x_, *w, impl=impl) ** 2).sum()  # noqa: E731
+        return jax.jit(jax.vmap(jax.grad(loss, argnums=(0, 1, 2, 3)), (0, None, None, None)))(
+            x, w_in, b_in, w_out
+        )
+
+    for a, b in zip(per_example("masked"), per_example("sparse"), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(np.asarray(a)).max())
+
+
+def test_auto_differentiates_through_the_platforms_training_form(rng):
+    """On CPU, 'auto' under jax.grad is the sparse form (its forward the fastest inference kernel)."""
     x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(9,))
     grad = jax.grad(lambda *a, impl: fff.apply(*a, impl=impl).sum(), argnums=(0, 1, 2, 3))
     for a, b in zip(
-        grad(x, w_in, b_in, w_out, impl="auto"), grad(x, w_in, b_in, w_out, impl="masked"), strict=True
+        grad(x, w_in, b_in, w_out, impl="auto"), grad(x, w_in, b_in, w_out, impl="sparse"), strict=True
     ):
         np.testing.assert_array_equal(a, b)
 

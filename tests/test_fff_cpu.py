@@ -19,12 +19,12 @@ from ufbert_jax.kernels import fff_cpu
 
 from tests import reference_numpy as ref
 from tests.test_fff import MARGIN, TOL, draw, reference, unambiguous
-from ufbert_jax import fff
+from ufbert_jax import fff, fff_math
 
 pytestmark = pytest.mark.skipif(not fff_cpu.is_available(), reason=fff_cpu.unavailable_reason())
 
 kernel = jax.jit(fff_cpu.fff_cpu)
-conditional = jax.jit(fff.conditional)
+conditional = jax.jit(fff_math.conditional)
 
 
 def operands(rng, trees, depth, hidden, tokens, dtype, bias_dtype=jnp.float32):
@@ -133,14 +133,17 @@ def test_vmap_over_inputs_and_over_weights(rng):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_gradients_are_the_conditional_vjp(rng, dtype):
+def test_gradients_are_the_sparse_forms(rng, dtype):
+    """impl="cpu" differentiates through the sparse training form (fff.with_training_vjp)."""
     args = operands(rng, 2, 4, 16, 20, dtype)
     cotangent = jnp.asarray(rng.standard_normal((args[0].shape[0], 16)), dtype)
-    _, kernel_vjp = jax.vjp(fff_cpu.fff_cpu, *args)
-    _, reference_vjp = jax.vjp(fff.conditional, *args)
+    _, kernel_vjp = jax.vjp(lambda *a: fff.apply(*a, impl="cpu"), *args)
+    _, reference_vjp = jax.vjp(fff_math.sparse, *args)
     for got, expected in zip(kernel_vjp(cotangent), reference_vjp(cotangent), strict=True):
         np.testing.assert_array_equal(got, expected)
-    grad = jax.jit(jax.grad(lambda *a: fff_cpu.fff_cpu(*a).astype(jnp.float32).sum(), argnums=(0, 1, 2, 3)))
+    grad = jax.jit(
+        jax.grad(lambda *a: fff.apply(*a, impl="cpu").astype(jnp.float32).sum(), argnums=(0, 1, 2, 3))
+    )
     assert all(g.shape == a.shape for g, a in zip(grad(*args), args, strict=True))
 
 
@@ -247,7 +250,7 @@ def test_the_widest_build_is_the_default_and_bad_isa_names_are_named(monkeypatch
 
 
 def test_auto_picks_the_kernel_on_cpu(rng):
-    assert fff._fastest_inference("cpu") is fff_cpu.fff_cpu
+    assert fff._inference("cpu") is fff_cpu.fff_cpu
     x, w_in, b_in, w_out = draw(rng, 1, 3, 16)
     lowered = jax.jit(lambda *a: fff.apply(*a, impl="auto")).lower(x, w_in, b_in, w_out).as_text()
     assert fff_cpu.TARGET in lowered
@@ -260,15 +263,15 @@ def test_missing_compiler_is_named_and_auto_falls_back(rng, monkeypatch, tmp_pat
         fff_cpu._load.__wrapped__()
     reason = "the FFF CPU kernel is unavailable: C++ compiler '/nonexistent/g++' not found"
     monkeypatch.setattr(fff_cpu, "unavailable_reason", lambda: reason)
-    fff._auto.cache_clear()
+    fff._resolve.cache_clear()
     try:
         assert not fff_cpu.is_available()
         x, w_in, b_in, w_out = draw(rng, 1, 2, 8)
         with pytest.warns(RuntimeWarning, match="falls back to 'conditional' on CPU: .*nonexistent"):
             y = fff.apply(x, w_in, b_in, w_out, impl="auto")
-        np.testing.assert_array_equal(y, fff.conditional(x, w_in, b_in, w_out))
+        np.testing.assert_array_equal(y, fff_math.conditional(x, w_in, b_in, w_out))
     finally:
-        fff._auto.cache_clear()
+        fff._resolve.cache_clear()
 
 
 def fuzz_case(data):

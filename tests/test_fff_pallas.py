@@ -1,4 +1,5 @@
-"""The Pallas FFF kernel against ``fff.conditional`` on fresh random data.
+"""The Pallas FFF kernels against ``fff_math`` on fresh random data: the inference forward against
+``conditional``, the training form's gradients against the masked form's.
 
 ``TestFffPallasGpu`` compiles the Triton kernel and runs only on a CUDA GPU; its twin
 ``TestFffPallasInterpret`` reruns the whole suite through Pallas' interpreter on CPU (CI).
@@ -13,7 +14,7 @@ import pytest
 from ufbert_jax.kernels import fff_pallas, pallas_math
 
 from tests.test_fff import TOL, draw, unambiguous
-from ufbert_jax import fff
+from ufbert_jax import fff, fff_math
 
 ON_GPU = jax.default_backend() == "gpu"
 
@@ -52,9 +53,9 @@ def operands(rng, trees, depth, hidden, tokens, dtype):
 
 
 def reference(*args):
-    """fff.conditional at full float32 precision (XLA on GPU would use TF32 for float32 products)."""
+    """fff_math.conditional at full float32 precision (XLA on GPU would use TF32 for float32 products)."""
     with jax.default_matmul_precision("highest"):
-        return fff.conditional(*args)
+        return fff_math.conditional(*args)
 
 
 def assert_close(got, want, dtype):
@@ -116,15 +117,55 @@ class TestFffPallasGpu:
         got = jax.jit(jax.vmap(lambda x_: self.kernel(x_, w_in, b_in, w_out, sizes=sizes)))(batch)
         assert_close(got, jax.vmap(lambda x_: reference(x_, w_in, b_in, w_out))(batch), jnp.float32)
 
-    @pytest.mark.parametrize("sizes", BOTH)
-    def test_gradient_equals_conditional_vjp(self, rng, sizes):
-        args = operands(rng, 1, 5, 16, 9, jnp.float32)
+    def train_vjp(self, args, cotangent, sizes):
+        """(y, dx, dw_in, db_in, dw_out) of fff_pallas_train and of the masked form at the same point."""
+
+        def value_and_vjp(fn):
+            y, vjp = jax.vjp(fn, *args)
+            return (y, *vjp(cotangent))
+
+        train = lambda *a: fff_pallas.fff_pallas_train(*a, sizes=sizes, interpret=self.INTERPRET)  # noqa: E731
+        with jax.default_matmul_precision("highest"):  # no TF32 in XLA's float32 products on a GPU
+            return jax.jit(lambda: value_and_vjp(train))(), value_and_vjp(fff_math.masked)
+
+    @pytest.mark.parametrize(
+        "trees,depth,hidden,tokens,dtype",
+        [*ROUTED_CASES, *(pytest.param(*case, marks=pytest.mark.slow) for case in ROUTED_SLOW_CASES)],
+    )
+    def test_train_gradients_equal_the_masked_form(self, rng, trees, depth, hidden, tokens, dtype):
+        args = operands(rng, trees, depth, hidden, tokens, dtype)
+        cotangent = rng.standard_normal(args[0].shape)
+        cotangent[::3] = 0.0  # padding tokens: no cotangent
+        jaxpr = str(jax.make_jaxpr(lambda *a: jax.vjp(lambda *b: fff_pallas.fff_pallas_train(
+            *b, sizes=ROUTED, interpret=self.INTERPRET), *a)[1](args[0]))(*args))  # fmt: skip
+        assert "fff_path_grads" in jaxpr and "fff_weight_grads" in jaxpr
+        got, want = self.train_vjp(args, jnp.asarray(cotangent, dtype), ROUTED)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w, dtype)
+
+    def test_train_gradients_with_every_token_in_one_subtree(self, rng):
+        """Skewed routing: one bucket takes many runs of tokens; every other bucket's rows get zero."""
+        x, w_in, b_in, w_out = operands(rng, 1, 6, 32, 150, jnp.float32)
+        top_nodes = 2 ** (6 + 1 - ROUTED.sub_levels) - 1
+        b_in = b_in.at[:, :top_nodes].set(-1e3)  # every top logit negative: all tokens turn left
+        cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
+        got, want = self.train_vjp((x, w_in, b_in, w_out), cotangent, ROUTED)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w, jnp.float32)
+
+    def test_train_falls_back_to_masked_where_routing_does_not_apply(self, rng):
+        args = operands(rng, 2, 5, 16, 9, jnp.float32)  # K = 2
         cotangent = jnp.asarray(rng.standard_normal(args[0].shape), jnp.float32)
-        y, vjp = jax.vjp(lambda *a: self.kernel(*a, sizes=sizes), *args)
-        _, vjp_ref = jax.vjp(fff.conditional, *args)  # the same XLA computation as the kernel's backward
-        assert_close(y, reference(*args), jnp.float32)
-        for got, want in zip(vjp(cotangent), vjp_ref(cotangent), strict=True):
-            assert_close(got, want, jnp.float32)
+        got, want = self.train_vjp(args, cotangent, ROUTED)
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w, jnp.float32)
+
+    def test_pallas_impl_differentiates_through_the_training_form(self, rng):
+        args = operands(rng, 1, 5, 32, 40, BF16)
+        grad = jax.grad(lambda *a, impl: fff.apply(*a, impl=impl).astype(F32).sum(), argnums=(0, 1, 2, 3))
+        got, want = grad(*args, impl="pallas"), grad(*args, impl="masked")
+        for g, w in zip(got, want, strict=True):
+            assert_close(g, w, BF16)
 
     @pytest.mark.parametrize("sizes", BOTH)
     def test_empty_and_single_token(self, rng, sizes):
@@ -169,14 +210,16 @@ class TestFffPallasGpu:
         never = dataclasses.replace(sizes, routed_min_tokens=None)
         assert not fff_pallas.uses_routed(1, 11, enough, BF16, never)
 
-    def test_auto_picks_the_kernel_on_gpu(self):
+    def test_auto_picks_the_kernels_on_gpu(self):
         if self.INTERPRET:
-            pytest.skip("'auto' dispatches to the kernel on GPU only")
-        assert fff.resolve_impl("pallas") is fff_pallas.fff_pallas
-        jaxpr = jax.make_jaxpr(lambda *a: fff.apply(*a, impl="auto"))(
-            jnp.ones((4, 16)), jnp.ones((1, 7, 16)), jnp.ones((1, 7)), jnp.ones((1, 7, 16))
-        )
-        assert "pallas_call" in str(jaxpr)
+            pytest.skip("'auto' dispatches to the kernels on GPU only")
+        args = (jnp.ones((4, 16)), jnp.ones((1, 7, 16)), jnp.ones((1, 7)), jnp.ones((1, 7, 16)))
+        assert "pallas_call" in str(jax.make_jaxpr(lambda *a: fff.apply(*a, impl="auto"))(*args))
+        tokens = fff_pallas.BlockSizes().routed_min_tokens  # the 1x11 training shape: the training kernels
+        shapes = [((tokens, 64), BF16), ((1, 4095, 64), BF16), ((1, 4095), F32), ((1, 4095, 64), BF16)]
+        args = [jnp.ones(shape, dtype) for shape, dtype in shapes]
+        grad = jax.grad(lambda *a: fff.apply(*a, impl="auto").astype(F32).sum(), argnums=(0, 1, 2, 3))
+        assert "fff_weight_grads" in str(jax.make_jaxpr(grad)(*args))
 
 
 class TestFffPallasInterpret(TestFffPallasGpu):
@@ -196,9 +239,10 @@ def test_gelu_matches_jax_far_into_the_tails(rng):
     assert far_left.sum() > 100 and np.all(got[far_left] == 0.0) and np.all(want[far_left] == 0.0)
 
 
-@pytest.mark.parametrize("tokens", [300, 8192], ids=["per_token", "routed"])
-def test_lowers_for_an_h200_on_any_host(tokens):
-    """The Triton lowering (not its compilation) of 1x11 at H=768, checked without a GPU via jax.export."""
+def _export_for_h200(fn, tokens: int):
+    """The MLIR of `fn` lowered for an H200 (Triton lowering, not compilation), on any host via jax.export.
+
+    fn takes the 1x11 operands at H=768 (bf16, b_in float32)."""
     device = jax.sharding.AbstractDevice(device_kind="NVIDIA H200", num_cores=None, platform="cuda")
     mesh = jax.sharding.AbstractMesh((1,), ("x",), abstract_device=device)
     nodes, hidden = 4095, 768
@@ -211,9 +255,25 @@ def test_lowers_for_an_h200_on_any_host(tokens):
             ((1, nodes, hidden), jnp.bfloat16),
         ]
     ]
-    kernel = jax.jit(lambda *a: fff_pallas.fff_pallas(*a, interpret=False))
-    triton_call = "__gpu$xla.gpu.triton"  # no stability guarantee across jax versions: fine for a check
-    unchecked = [jax.export.DisabledSafetyCheck.custom_call(triton_call)]
+    unchecked = [jax.export.DisabledSafetyCheck.custom_call(TRITON_CALL)]
     with jax.sharding.use_abstract_mesh(mesh):
-        exported = jax.export.export(kernel, platforms=["cuda"], disabled_checks=unchecked)(*shapes)
-    assert triton_call in exported.mlir_module()
+        return jax.export.export(jax.jit(fn), platforms=["cuda"], disabled_checks=unchecked)(
+            *shapes
+        ).mlir_module()
+
+
+TRITON_CALL = "__gpu$xla.gpu.triton"  # no stability guarantee across jax versions: fine for a check
+
+
+@pytest.mark.parametrize("tokens", [300, 8192], ids=["per_token", "routed"])
+def test_lowers_for_an_h200_on_any_host(tokens):
+    assert TRITON_CALL in _export_for_h200(lambda *a: fff_pallas.fff_pallas(*a, interpret=False), tokens)
+
+
+def test_training_kernels_lower_for_an_h200_on_any_host():
+    def grads(*args):
+        loss = lambda *a: fff_pallas.fff_pallas_train(*a, interpret=False).astype(jnp.float32).sum()  # noqa: E731
+        return jax.grad(loss, argnums=(0, 1, 2, 3))(*args)
+
+    module = _export_for_h200(grads, 8192)
+    assert module.count(TRITON_CALL) >= 5  # route, subtrees, path grads, weight grads, gradient rows

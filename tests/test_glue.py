@@ -1,5 +1,6 @@
 """GLUE: TSV layouts and errors, the Hub source, metrics against scikit-learn/scipy, encoding and bucketing,
-the vocabulary check, a short fine-tune that must learn, and eval_glue.py end to end.
+the vocabulary check, a short fine-tune that must learn, and eval_glue.py end to end (in process and
+its documented command line).
 
 Synthetic GLUE directories are written here in each task's original layout; the tiny tokenizer and
 workdir are built from scratch (WordPiece on synthetic words, a freshly initialised tiny-fff MaskedLM), so
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
@@ -19,17 +24,18 @@ import sklearn.metrics
 from flax import nnx
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
-import eval_glue
+from configs import glue as glue_config_file
 from ufbert_jax import checkpoint, config
 from ufbert_jax.data import tokenizer as tokenizer_lib
 from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds
 from ufbert_jax.glue import encoding, metrics, report
-from ufbert_jax.glue.finetune import Pretrained, Recipe, finetune_task
+from ufbert_jax.glue.finetune import Pretrained, Recipe, evaluate_workdir, finetune_task, run_glue
 from ufbert_jax.glue.tasks import TASKS, Skipped, Split, TaskData, get_task, load_hub, load_local, read_tsv
 
 WORDS = (*(f"w{i}" for i in range(40)), "zebra", "quokka")
 MARKER = "zebra"  # the easy task: label 1 iff the marker word is present
 REAL_GLUE = Path(os.environ.get("UFBERT_GLUE_DIR", Path(__file__).resolve().parents[2] / "shared/data/glue"))
+REPO = Path(__file__).resolve().parents[1]
 
 
 def sentence(rng: np.random.Generator, low: int = 2, high: int = 9) -> str:
@@ -225,6 +231,47 @@ def test_label_outside_the_task_set_is_an_error(tmp_path, rng, task, bad, messag
         read_tsv(TASKS[task], path)
 
 
+@pytest.mark.parametrize(
+    ("task", "stem", "content", "message"),
+    [
+        ("rte", "dev", b"index\tsentence1\tsentence2\tlabel\n", "no examples, only a header"),
+        ("rte", "train", b"index\tsentence1\tsentence2\tlabel\n", "no examples, only a header"),
+        ("cola", "dev", b"", "empty file; expected a GLUE cola TSV"),
+        ("sst2", "train", b"\n\n", "empty file; expected a GLUE sst2 TSV"),
+        ("rte", "dev", b"index\tsentence1\xff\xfe\n\x89PNG", "not UTF-8 text"),
+        ("rte", "dev", b"index\tsentence1\tsentence2\tlabel\n0\ta\x00\tb\tentailment\n", "has NUL bytes"),
+    ],
+    ids=["header-only-dev", "header-only-train", "empty", "blank", "binary", "nul"],
+)
+def test_unusable_files_name_the_file_and_the_problem(tmp_path, rng, task, stem, content, message):
+    """Once "labels (0,) and predictions (0,) must be equal", "non-finite training loss nan" or a bare
+    UnicodeDecodeError, long after the file was read."""
+    write_glue(tmp_path, rng, tasks=(task,))
+    path = tmp_path / TASKS[task].directory / f"{stem}.tsv"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{path}: {message}"):
+        load_local(TASKS[task], tmp_path)
+
+
+def test_a_row_that_swallows_the_file_is_named(tmp_path, rng):
+    header, rows = _rows("rte", "train", rng, 3)
+    path = tmp_path / "train.tsv"
+    _write(path, header, rows)
+    path.write_text(path.read_text() + "x" * 200_000 + "\n")  # over csv's field size limit
+    with pytest.raises(ValueError, match=rf"{path}:5: field larger than field limit"):
+        read_tsv(TASKS["rte"], path)
+
+
+def test_results_are_written_with_the_umask_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        paths = report.write({"workdir": "w", "tasks": {}, "averages": metrics.averages({}, {})}, tmp_path)
+    finally:
+        os.umask(old)
+    assert [oct(stat.S_IMODE(path.stat().st_mode)) for path in paths] == ["0o644", "0o644"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json", "results.md"]  # no temp files
+
+
 def test_missing_files_skip_the_task_with_the_reason(tmp_path, rng):
     write_glue(tmp_path, rng, tasks=("qnli",))
     (tmp_path / "QNLI" / "train.tsv").unlink()
@@ -261,6 +308,8 @@ def test_hub_source_offline_is_skipped_and_unlabelled_rows_are_errors():
 
     skipped = load_hub(TASKS["rte"], load_dataset=offline)
     assert isinstance(skipped, Skipped) and "no network" in skipped.reason
+    with pytest.raises(ValueError, match=r"nyu-mll/glue/rte:train has no examples"):
+        load_hub(TASKS["rte"], load_dataset=lambda path, name, split: [])
     test_split = [{"sentence1": "a", "sentence2": "b", "label": -1}]
     with pytest.raises(ValueError, match=r"nyu-mll/glue/rte train row 0: label -1 not a class index"):
         load_hub(TASKS["rte"], load_dataset=lambda path, name, split: test_split)
@@ -408,7 +457,9 @@ def test_bucketing_uses_few_shapes_and_covers_every_example_once(rng):
 
 def test_vocabulary_mismatch_is_an_error(tmp_path, tokenizer):
     path = make_workdir(tmp_path, tokenizer, vocab_size=tokenizer.get_vocab_size() - 8)
-    with pytest.raises(ValueError, match=r"the tokenizer has \d+ tokens but the model.s vocab_size is only"):
+    with pytest.raises(
+        ValueError, match=r"the tokenizer's ids reach \d+ \(\d+ tokens\) but the model.s vocab_size"
+    ):
         Pretrained.load(path)
 
 
@@ -428,17 +479,41 @@ def test_one_epoch_beats_chance_on_an_easy_task(workdir, rng):
     assert record["dev"]["sst2"]["metrics"]["accuracy"] > 80.0, record
 
 
+def glue_config(**fields) -> ml_collections.ConfigDict:
+    """configs/glue.py with `fields` set (dotted names for nested ones, "task_overrides.rte.lr")."""
+    cfg = glue_config_file.get_config()
+    for name, value in fields.items():
+        *parents, leaf = name.split(".")
+        node = cfg
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return cfg
+
+
+# The shapes of the fine-tuning test above, whose compiled steps these reuse (one graph, one bucket).
+SMALL_RECIPE = dict(epochs=1, max_len=32, buckets=(32,), eval_batch_size=32)
+SMALL_FLAGS = [
+    "--config.epochs=1",
+    "--config.max_len=32",
+    "--config.buckets=(32,)",
+    "--config.eval_batch_size=32",
+]
+
+
 def test_eval_glue_end_to_end_writes_results(tmp_path, workdir, rng):
     glue_dir = tmp_path / "glue"
     write_glue(glue_dir, rng, tasks=("mrpc", "rte", "wnli"), n=40)
     out = tmp_path / "out"
-    argv = ["--workdir", str(workdir), "--glue_dir", str(glue_dir), "--out", str(out)]
-    # The shapes of the fine-tuning test above, whose compiled steps this reuses (one graph, one bucket).
-    argv += ["--tasks", "mrpc,qqp,rte,wnli", "--epochs", "1", "--max_len", "32", "--buckets", "32"]
-    argv += ["--eval_batch_size", "32", "--override", "mrpc.epochs=2", "--override", "rte.lr=1e-4"]
-    results = eval_glue.main(argv)
+    cfg = glue_config(
+        tasks="mrpc,qqp,rte,wnli",
+        **SMALL_RECIPE,
+        **{"task_overrides.mrpc.epochs": 2, "task_overrides.rte.lr": 1e-4},
+    )
+    results = evaluate_workdir(cfg, workdir, glue_dir, out)
     saved = json.loads((out / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
+    assert saved["source"] == str(glue_dir)
     assert saved["tasks"]["qqp"]["status"] == "skipped" and "QQP/train.tsv" in saved["tasks"]["qqp"]["reason"]
     assert saved["tasks"]["mrpc"]["recipe"]["epochs"] == 2 and saved["tasks"]["rte"]["recipe"]["lr"] == 1e-4
     assert saved["tasks"]["wnli"]["recipe"]["epochs"] == 1 and saved["tasks"]["mrpc"]["steps"] == 2 * 3
@@ -449,11 +524,80 @@ def test_eval_glue_end_to_end_writes_results(tmp_path, workdir, rng):
     assert table.endswith(report.markdown(saved)) and "| qqp | - | - | skipped:" in table
 
 
-def test_bad_overrides_fail_before_any_training(workdir, tmp_path):
-    argv = ["--workdir", str(workdir), "--glue_dir", str(tmp_path), "--tasks", "rte"]
-    with pytest.raises(ValueError, match="unknown GLUE task 'cloa'"):
-        eval_glue.main([*argv, "--override", "cloa.epochs=1"])
-    with pytest.raises(ValueError, match=r"expected TASK\.FIELD=VALUE"):
-        eval_glue.main([*argv, "--override", "rte.epoch=1"])
+def test_bad_recipe_values_fail_before_any_training(workdir, tmp_path):
     with pytest.raises(ValueError, match="epochs=0 must be >= 1"):
-        eval_glue.main([*argv, "--override", "rte.epochs=0"])
+        evaluate_workdir(
+            glue_config(tasks="rte", **{"task_overrides.rte.epochs": 0}), workdir, tmp_path, tmp_path
+        )
+    with pytest.raises(ValueError, match="unknown GLUE task 'cloa'"):
+        evaluate_workdir(glue_config(tasks="rte,cloa"), workdir, tmp_path, tmp_path)
+    assert not (tmp_path / "results.json").exists()
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    """Runs a top-level script of the repo (the documented command line) in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+
+
+def bad_stsb_row(glue_dir: Path) -> Path:
+    """Replaces the score of STS-B dev.tsv's line 4 with a word; returns the file."""
+    path = glue_dir / "STS-B" / "dev.tsv"
+    lines = path.read_text().splitlines()
+    lines[3] = "\t".join([*lines[3].split("\t")[:-1], "high"])
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_bad_task_is_reported_and_finished_ones_are_on_disk_at_once(tmp_path, workdir, rng):
+    glue_dir, out = tmp_path / "glue", tmp_path / "out"
+    write_glue(glue_dir, rng, tasks=("wnli", "stsb"), n=20)
+    path = bad_stsb_row(glue_dir)
+    on_disk = []
+
+    def source(spec):  # records what results.json holds when each task starts
+        saved = out / "results.json"
+        on_disk.append(sorted(json.loads(saved.read_text())["tasks"]) if saved.exists() else [])
+        return load_local(spec, glue_dir)
+
+    pretrained = Pretrained.load(workdir)
+    results = run_glue(
+        glue_config(tasks="wnli,stsb", **SMALL_RECIPE),
+        pretrained,
+        source,
+        on_update=lambda r: report.write(r, out),
+    )
+    assert on_disk == [[], ["wnli"]]
+    assert results["tasks"]["wnli"]["status"] == "ok"
+    assert results["tasks"]["stsb"] == {
+        "status": "failed",
+        "error": f"ValueError: {path}:4: stsb label 'high' is not a number",
+    }
+    assert results["averages"]["glue"]["rows"] == ["wnli"]
+
+
+def test_documented_command_line(tmp_path, workdir, rng):
+    """The Makefile's form (--workdir=W, --glue_dir DIR, --config.tasks=...) with a per-task flag: a task
+    with a bad row is reported in results.json and the table, the exit status is 1. (No task trains: the
+    command line is what is tested, fine-tuning is tested in process above.)"""
+    glue_dir, out = tmp_path / "glue", tmp_path / "out"
+    write_glue(glue_dir, rng, tasks=("stsb",), n=20)
+    path = bad_stsb_row(glue_dir)
+    done = run_script(
+        "eval_glue.py", f"--workdir={workdir}", "--glue_dir", str(glue_dir), f"--out={out}",
+        "--config.tasks=qqp,stsb", *SMALL_FLAGS, "--config.task_overrides.stsb.epochs=2",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["source"] == str(glue_dir) and saved["tasks"]["qqp"]["status"] == "skipped"
+    assert saved["tasks"]["stsb"]["status"] == "failed" and f"{path}:4:" in saved["tasks"]["stsb"]["error"]
+    assert "failed tasks: stsb" in done.stdout and "| stsb | - | - | FAILED:" in done.stdout
+    done = run_script(
+        "eval_glue.py", f"--workdir={workdir}", "--hub", "--config.task_overrides.cloa.epochs=1"
+    )
+    assert done.returncode != 0 and 'Did you mean "cola"' in done.stderr

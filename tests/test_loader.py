@@ -140,9 +140,9 @@ def test_hosts_interleave_the_single_host_stream(shard_dir):
     assert_same([host[i % 2][i // 2] for i in range(6)], single)  # same rows and the same masks
 
 
-def test_a_row_range_is_all_the_stream_draws_from(shard_dir, rows):
+def test_a_row_range_is_all_the_stream_draws_from(shard_dir, rows, rng):
     n = len(rows)
-    start, stop = sorted(np.random.default_rng().choice(np.arange(1, n), size=2, replace=False))
+    start, stop = sorted(rng.choice(np.arange(1, n), size=2, replace=False))  # 0 < start < stop < n
     ids = row_ids(loader(shard_dir, batch_size=1, num_epochs=1, rows=(start, stop)), rows)
     assert sorted(ids) == list(range(start, stop))
     train = set(row_ids(take(loader(shard_dir, batch_size=1, rows=(0, start)), 3 * start), rows))

@@ -115,7 +115,11 @@ def test_records_depend_only_on_seed_and_index(rng, special):
 
 
 @pytest.mark.parametrize("masker", ["sequences", "records"])
-def test_positions_and_treatments_uniform_over_eligible(rng, special, masker):
+def test_positions_and_treatments_uniform_over_eligible(masker):
+    # A statistical test rejects a fair draw with probability 1e-4 for a random seed: this one draws from a
+    # fixed seed, so it passes (or fails) the same way on every run.
+    rng = np.random.default_rng(20240611)
+    special = SpecialIds(*(int(i) for i in rng.choice(V, size=7, replace=False)))
     batch = 3000
     tokens = random_tokens(rng, special, batch=1, special_fraction=0.0).repeat(batch, axis=0)
     tokens[:, ::8] = special.sep  # the same 16 ineligible positions in every row: 112 eligible

@@ -1,15 +1,19 @@
-"""Packing into token shards: exact rows, <sep> between documents, manifest, reuse and mismatch errors."""
+"""Packing into token shards: exact rows, <sep> between documents, manifest, reuse and mismatch errors;
+readable file modes, damaged files named, token ids checked."""
 
 import hashlib
+import io
 import json
+import os
 import pickle
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ufbert_jax.data.shards import TokenShards, prepare_shards, token_dtype
-from ufbert_jax.data.tokenizer import SpecialIds, load_tokenizer, train_wordpiece
+from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds, load_tokenizer, train_wordpiece
 
 WORDS = (
     "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma".split()
@@ -165,3 +169,79 @@ def test_sample_corpus_end_to_end(tmp_path):
     assert len(shards) > 3000 and shards.seq_len == 128 and shards.vocab_size == 8192
     text = load_tokenizer(tmp_path / "tok.json").decode(shards[0].tolist())
     assert "emma" in text and "gutenberg" not in text
+
+
+# ---- robustness: readable modes, named file errors, ids checked ------------------------------------------
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def test_written_files_follow_the_umask(tmp_path, rng, umask_022):
+    """Shards are shared between users: 0644 under umask 022, not tempfile's private 0600."""
+    write_corpus(tmp_path / "corpus", rng)
+    out = prepare_shards(
+        [str(tmp_path / "corpus")], tmp_path / "shards", tmp_path / "tok.json", seq_len=SEQ, vocab_size=200,
+        shard_size=7, num_workers=1,
+    )  # fmt: skip
+    files = [tmp_path / "tok.json", *out.iterdir()]
+    assert {p.name for p in files} >= {"tok.json", "manifest.json", "tokenizer.json", "shard_00000.npy"}
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: "0o644" for p in files}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(b"", "empty file, expected JSON"), (b'{"format": "ufbert-jax-shards/1", "seq', "invalid JSON")],
+)
+def test_damaged_manifest_is_named(prepared, content, message):
+    _, _, out = prepared
+    (out / "manifest.json").write_bytes(content)
+    with pytest.raises(ValueError, match=rf"{out / 'manifest.json'}: {message}"):
+        TokenShards(out)
+
+
+def test_truncated_or_retyped_shard_is_named(prepared):
+    _, _, out = prepared
+    path = out / "shard_00000.npy"
+    original = path.read_bytes()
+    path.write_bytes(original[: len(original) // 2])
+    with pytest.raises(ValueError, match=rf"{path}: not a readable \.npy shard"):
+        TokenShards(out)
+    np.save(path, np.load(io.BytesIO(original)).astype(np.int32))
+    with pytest.raises(ValueError, match=rf"{path}: int32 \(7, 16\), the manifest says uint16 \(7, 16\)"):
+        TokenShards(out)
+
+
+def test_ids_outside_the_vocabulary_are_named(prepared):
+    """An id >= V would turn the row's loss into NaN: reading the row is an error naming file and row."""
+    _, _, out = prepared
+    shards = TokenShards(out)
+    path = out / "shard_00000.npy"  # always full: every document gives >= 3 tokens, so >= 7 rows of 16
+    rows = np.load(path)
+    rows[3, 5] = shards.vocab_size
+    np.save(path, rows)
+    shards = TokenShards(out)
+    shards[2]  # the rows around it are fine
+    with pytest.raises(ValueError, match=rf"{path} row 3: token ids span \[\d+, {shards.vocab_size}\]"):
+        shards[3]
+
+
+def test_tokenizer_ids_beyond_uint16_get_int32_shards(tmp_path):
+    """A tokenizer with few tokens but an id of 70000: the dtype follows the largest id, not the count."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)} | {"near": 7, "far": 70000}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.save(str(tmp_path / "tok.json"))
+    (tmp_path / "corpus.txt").write_text("near far " * 20)
+    out = prepare_shards(
+        [str(tmp_path / "corpus.txt")], tmp_path / "shards", tmp_path / "tok.json", seq_len=SEQ, num_workers=1
+    )
+    shards = TokenShards(out)
+    assert shards.manifest["dtype"] == "int32" and shards.vocab_size == 70001
+    assert shards[0].max() == 70000

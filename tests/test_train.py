@@ -6,8 +6,13 @@ loader's interface); the end-to-end test on data/sample needs the data pipeline.
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
 import os
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,7 +31,7 @@ from configs import recipe
 from ufbert_jax import checkpoint as ckpt
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import loop, optim
+from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim
 from ufbert_jax.train.steps import mlm_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,7 +271,7 @@ def test_four_steps_equal_two_then_resume_then_two_bitwise(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     # lr 1e38 makes the first update enormous but finite; the next forward pass overflows.
     config = tiny_config(checkpoint_every=1, optimizer=dict(tiny_config().optimizer, lr=1e38))
-    with pytest.raises(loop.NonFiniteLossError, match=r"at step 2.*step 1 in"):
+    with pytest.raises(metrics.NonFiniteLossError, match=r"at step 2.*step 1 in"):
         run_train(config, tmp_path)
     assert ckpt.manager(tmp_path).latest_step() == 1
     model = MaskedLM(loop.model_config(config), nnx.Rngs(5))
@@ -293,9 +298,9 @@ def test_bad_configs_fail_before_writing(tmp_path):
 
 
 def test_resume_refuses_a_different_model(tmp_path):
-    loop.prepare_workdir(tmp_path, preset("tiny-fff"), REPO / "tests" / "test_train.py")
+    checkpointing.prepare_workdir(tmp_path, preset("tiny-fff"), REPO / "tests" / "test_train.py")
     with pytest.raises(ValueError, match=r"different model.*'hidden': \(64, 32\)"):
-        loop.prepare_workdir(tmp_path, preset("tiny-fff", hidden=32), ckpt.tokenizer_path(tmp_path))
+        checkpointing.check_resume(tmp_path, tiny_config(), preset("tiny-fff", hidden=32))
 
 
 MULTI_DEVICE = """
@@ -372,11 +377,11 @@ def data_config(tmp_path, sources, **overrides):
 
 
 def test_evaluation_holds_out_the_tail_of_the_shards():
-    assert loop.held_out_rows(tiny_config(eval_every=0), 100) == 0  # no evaluation: train on every row
+    assert inputs.held_out_rows(tiny_config(eval_every=0), 100) == 0  # no evaluation: train on every row
     config = tiny_config(eval_every=2, eval_batches=3, microbatch=8)
-    assert loop.held_out_rows(config, 48) == 24
+    assert inputs.held_out_rows(config, 48) == 24
     with pytest.raises(ValueError, match=r"holds out eval_batches x microbatch = 24 rows.*only 47"):
-        loop.held_out_rows(config, 47)
+        inputs.held_out_rows(config, 47)
 
 
 @pytest.mark.parametrize("corpus", ["missing", "empty"])
@@ -404,3 +409,300 @@ def test_end_to_end_on_the_sample_corpus(tmp_path):
     assert train_losses[-1] < train_losses[0]
     assert np.isfinite(record["eval/loss"])
     assert ckpt.load_pretrained(tmp_path / "work").cfg.vocab_size == 1024
+
+
+# ---- robustness: the corpus flag, damaged checkpoints, the metrics log, resume checks, Ctrl-C -------------
+
+PARSE_FLAGS = """
+import json, sys
+from absl import flags
+import train
+out = []
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["train.py", "--config=configs/tiny.py", "--workdir=/tmp/unused", *args]
+    flag_values = flags.FlagValues()
+    train.define_flags(flag_values)  # config_flags reads the --config.FIELD overrides from sys.argv
+    flag_values(sys.argv)
+    out.append(list(flag_values.config.data.sources))
+print(json.dumps(out))
+"""
+
+
+def documented_source_flags() -> list[str]:
+    """Every --config.data.sources=... of the commands in the README, docs/pretraining.md and the configs."""
+    files = [REPO / "README.md", REPO / "docs" / "pretraining.md", *REPO.glob("configs/*.py")]
+    flags = []
+    for path in files:
+        for line in path.read_text().splitlines():
+            command = line.strip().startswith(
+                ("python train.py", "--config.")
+            )  # a command or its continuation
+            if command and "--config.data.sources=" in line:
+                words = shlex.split(line.split("#")[0].replace("\\", " "))
+                flags += [word for word in words if word.startswith("--config.data.sources=")]
+    return flags
+
+
+def test_the_corpus_is_chosen_from_the_command_line_as_documented():
+    documented = documented_source_flags()
+    assert len(documented) >= 3  # README, docs/pretraining.md, the two paper configs
+    forms = [
+        ["--config.data.sources=hf:EleutherAI/pile"],
+        ["--config.data.sources=/path/to/corpus"],
+        ['--config.data.sources=("/path/a", "hf:wikipedia:20220301.en")'],
+        ["--config.data.sources=/path/a", "--config.data.sources=tfds:wiki40b/en"],
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", PARSE_FLAGS, json.dumps(forms + [[flag] for flag in documented])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed = json.loads(result.stdout.splitlines()[-1])
+    assert parsed[: len(forms)] == [
+        ["hf:EleutherAI/pile"],
+        ["/path/to/corpus"],
+        ["/path/a", "hf:wikipedia:20220301.en"],
+        ["/path/a", "tfds:wiki40b/en"],
+    ]
+    for flag, sources in zip(documented, parsed[len(forms) :], strict=True):
+        value = flag.split("=", 1)[1]
+        assert sources == (list(ast.literal_eval(value)) if value.startswith("(") else [value]), flag
+
+
+@pytest.fixture(scope="module")
+def four_steps(tmp_path_factory) -> Path:
+    """A workdir trained 4 steps with checkpoints at 2 and 4 (copied, never changed, by the tests)."""
+    workdir = tmp_path_factory.mktemp("four_steps")
+    run_train(tiny_config(), workdir)
+    return workdir
+
+
+def copy_workdir(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def step_dir(workdir: Path, step: int) -> Path:
+    return workdir / ckpt.CHECKPOINT_DIR / str(step)
+
+
+def largest_file(folder: Path) -> Path:
+    return max((path for path in folder.rglob("*") if path.is_file()), key=lambda path: path.stat().st_size)
+
+
+def delete_a_data_file(workdir):
+    largest_file(step_dir(workdir, 4) / "params").unlink()
+    return 4, "params"
+
+
+def truncate_a_data_file(workdir):
+    path = largest_file(step_dir(workdir, 4) / "train")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return 4, "train"
+
+
+def empty_newer_step(workdir):
+    step_dir(workdir, 6).mkdir()
+    return 6, "has no meta, params, train"
+
+
+def partial_step(workdir):
+    shutil.rmtree(step_dir(workdir, 4) / "params")
+    return 4, "has no params"
+
+
+def truncated_meta(workdir):
+    path = next(
+        path for path in (step_dir(workdir, 4) / "meta").iterdir() if path.name != "commit_success.txt"
+    )
+    path.write_text(path.read_text()[:10])
+    return 4, "meta does not read"
+
+
+def no_optimizer_state(workdir):
+    shutil.rmtree(step_dir(workdir, 4) / "train")
+    return 4, "has no train"
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        delete_a_data_file,
+        truncate_a_data_file,
+        empty_newer_step,
+        partial_step,
+        truncated_meta,
+        no_optimizer_state,
+    ],
+)
+def test_a_damaged_latest_step_falls_back_to_the_newest_that_restores(tmp_path, four_steps, damage, caplog):
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+    damaged, reason = damage(workdir)
+    caplog.set_level(logging.INFO, logger="ufbert_jax")
+    record = run_train(tiny_config(steps=6), workdir)
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(skipped) == 1 and f"step {damaged} skipped" in skipped[0] and reason in skipped[0], skipped
+    assert str(step_dir(workdir, damaged)) in skipped[0]  # names the step folder (and the item, above)
+    assert not any("converted weights" in r.getMessage() for r in caplog.records)
+    resumed_from = 4 if damaged == 6 else 2
+    assert f"resuming from checkpoint step {resumed_from}" in caplog.text
+    # The run went on from the step that restored, with its optimizer state and data position.
+    assert record["step"] == 6
+    meta = saved_state(workdir, 6)["meta"]
+    assert meta["first_step"] == 0 and meta["data_state"] == [{"index": 6}]
+    assert (workdir / checkpointing.DAMAGED_DIR / str(damaged)).is_dir()
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_no_restorable_step_is_an_error_listing_each_step(tmp_path, four_steps):
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+    for step in (2, 4):
+        shutil.rmtree(step_dir(workdir, step) / "train")
+    before = sorted(str(path.relative_to(workdir)) for path in workdir.rglob("*"))
+    with pytest.raises(
+        RuntimeError, match=r"no checkpoint step .* restores:\n  step 4: .*has no train.*\n  step 2"
+    ):
+        run_train(tiny_config(steps=6), workdir)
+    assert sorted(str(path.relative_to(workdir)) for path in workdir.rglob("*")) == before
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, four_steps, caplog):
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+    with (workdir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 5, "train/lo')  # a kill in the middle of a write
+    caplog.set_level(logging.WARNING, logger="ufbert_jax")
+    run_train(tiny_config(steps=6), workdir)
+    assert "metrics.jsonl: dropping the last line (torn by a kill mid-write)" in caplog.text
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_replaces_metrics_jsonl_atomically(tmp_path, four_steps):
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+    path = workdir / "metrics.jsonl"
+    before = path.read_text()
+    shutil.rmtree(step_dir(workdir, 4))  # resume at 2: the records of steps 3 and 4 are dropped
+    inode = path.stat().st_ino
+    with pytest.raises(Interrupted):
+        run_train(tiny_config(steps=6), workdir, stop_after=2)  # stops before its first step
+    assert path.stat().st_ino != inode  # a new file renamed over the old one, not a rewrite in place
+    assert path.read_text() == "".join(line + "\n" for line in before.splitlines()[:2])
+    assert not [p.name for p in workdir.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+class EvalBatches:
+    """eval_batches() for run_train: two random batches; `fail_first` raises at the first call (a crash
+    between a checkpoint's save and its evaluation)."""
+
+    def __init__(self, config, fail_first: bool):
+        self.config, self.fail, self.calls = config, fail_first, 0
+
+    def __call__(self):
+        self.calls += 1
+        if self.fail and self.calls == 1:
+            raise Interrupted("crashed before the evaluation")
+        batches = RandomBatches(self.config, loop.model_config(self.config))
+        batches.set_state({"index": 1000})
+        return [next(batches) for _ in range(2)]
+
+
+def test_the_eval_of_a_checkpointed_step_is_recomputed_after_a_crash(tmp_path):
+    config = tiny_config(steps=4, eval_every=2)
+    model_cfg = loop.model_config(config)
+    with pytest.raises(Interrupted):
+        loop.train(config, tmp_path, model_cfg, RandomBatches(config, model_cfg), EvalBatches(config, True))
+    assert ckpt.manager(tmp_path).latest_step() == 2
+    evaluate = EvalBatches(config, False)
+    record = loop.train(config, tmp_path, model_cfg, RandomBatches(config, model_cfg), evaluate)
+    assert evaluate.calls == 2 and np.isfinite(record["eval/loss"])
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/loss" in r] == [2, 4]
+
+
+@pytest.mark.parametrize("change", [dict(seed=1), dict(microbatch=16, final_batch=32), dict(seq_len=8)])
+def test_resume_refuses_another_run_and_writes_nothing(tmp_path, four_steps, change):
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+    before = {path: path.stat().st_mtime_ns for path in workdir.rglob("*")}
+    names = "|".join(
+        f"'{name}': \\({getattr(tiny_config(), name)}, {value}\\)" for name, value in change.items()
+    )
+    with pytest.raises(ValueError, match=rf"holds a different run \(saved at step 4\).*({names})"):
+        run_train(tiny_config(steps=6, **change), workdir)
+    assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory) -> dict:
+    """config.data for a 60 kB corpus (the start of one sample book), its shards prepared once."""
+    shards = pytest.importorskip("ufbert_jax.data.shards")
+    folder = tmp_path_factory.mktemp("small_corpus")
+    (folder / "corpus").mkdir()
+    (folder / "corpus" / "a.txt").write_bytes(
+        (REPO / "data" / "sample" / "austen_emma.txt").read_bytes()[:60_000]
+    )
+    data = dict(
+        sources=(str(folder / "corpus"),),
+        shard_dir=str(folder / "shards"),
+        tokenizer=str(folder / "shards" / "tokenizer.json"),
+        worker_count=0,
+    )
+    shards.prepare_shards(
+        list(data["sources"]), data["shard_dir"], data["tokenizer"], seq_len=16, vocab_size=1024
+    )
+    return data
+
+
+def test_resume_with_model_json_missing_refuses_another_model_and_writes_nothing(tmp_path, small_corpus):
+    model = dict(fff_impl="masked", vocab_size=1024)
+    config = tiny_config(steps=2, data=small_corpus, model_overrides=model)
+    loop.train_and_evaluate(config, tmp_path)
+    (tmp_path / ckpt.CONFIG_FILE).unlink()
+    other = tiny_config(steps=2, data=small_corpus, model_overrides=dict(model, hidden=32))
+    with pytest.raises(ValueError, match=r"different model.*'hidden': \(64, 32\)"):
+        loop.train_and_evaluate(other, tmp_path)
+    assert not (tmp_path / ckpt.CONFIG_FILE).exists()
+    loop.train_and_evaluate(tiny_config(steps=4, data=small_corpus, model_overrides=model), tmp_path)
+    assert ckpt.load_config(tmp_path).hidden == 64
+
+
+def test_ctrl_c_saves_the_step_and_exits_130(tmp_path, small_corpus):
+    workdir = tmp_path / "work"
+    args = [
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        *(f"--config.data.{name}={value}" for name, value in small_corpus.items() if name != "sources"),
+        f"--config.data.sources={small_corpus['sources'][0]}",
+        "--config.model_overrides.vocab_size=1024",
+        "--config.seq_len=16",
+        "--config.microbatch=8",
+        "--config.final_batch=16",
+        "--config.steps=1000000",
+        "--config.checkpoint_every=1000000",
+        "--config.log_every=1",
+        "--config.eval_every=0",
+        "--config.progress_bar=False",
+    ]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (workdir / "metrics.jsonl").is_file() or not (workdir / "metrics.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert "Fatal Python error" not in stderr and process.returncode == 130, stderr[-3000:]
+    stopped = re.search(r"Interrupted: SIGINT at step (\d+); checkpoint step (\d+) in (.*): rerun", stderr)
+    assert stopped and stopped[1] == stopped[2] and stopped[3] == str(workdir), stderr[-3000:]
+    step = int(stopped[1])
+    assert ckpt.manager(workdir).latest_step() == step and saved_state(workdir, step)["meta"]["step"] == step

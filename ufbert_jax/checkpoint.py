@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ufbert_jax.config import ModelConfig
+from ufbert_jax.files import write_atomically
 from ufbert_jax.model import MaskedLM
 
 FORMAT = "ufbert-jax/1"
@@ -33,19 +34,27 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
-    path = Path(workdir) / CONFIG_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n")
+    """Writes workdir/model.json (atomically: a crash leaves the old file or the new one)."""
+    text = json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n"
+    write_atomically(Path(workdir) / CONFIG_FILE, text)
 
 
 def load_config(workdir: str | Path) -> ModelConfig:
+    """The ModelConfig of workdir/model.json; errors name the file and what is wrong with it."""
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a ufbert-jax workdir")
-    data = json.loads(path.read_text())
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
-    return ModelConfig(**data["model"])
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}): a damaged or truncated model.json") from error
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else data
+        raise ValueError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    try:
+        return ModelConfig(**data["model"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: 'model' is not a valid ModelConfig ({error})") from error
 
 
 def tokenizer_path(workdir: str | Path) -> Path:
@@ -90,9 +99,21 @@ def restore_params(workdir: str | Path, model: nnx.Module, step: int | None = No
         if step is None:
             raise FileNotFoundError(f"no checkpoint steps under {Path(workdir) / CHECKPOINT_DIR}")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"encoder": params_of(model.encoder)})
-        restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        try:
+            restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        except Exception as error:
+            where = Path(mngr.directory) / str(step) / "params"
+            raise ValueError(f"{where} does not restore: {error_reason(error)}") from error
     nnx.update(model.encoder, restored["params"]["encoder"])
     return step
+
+
+def error_reason(error: BaseException) -> str:
+    """The innermost cause of a failed restore on one line (TensorStore names the file and array there)."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 400 else text[:400] + " ..."
 
 
 def load_pretrained(workdir: str | Path, step: int | None = None, **config_overrides) -> MaskedLM:

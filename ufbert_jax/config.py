@@ -13,8 +13,11 @@ import re
 
 import jax.numpy as jnp
 
+from ufbert_jax import fff
+
 FEEDFORWARDS = ("dense", "fff")
 DTYPES = ("float32", "bfloat16")
+FFF_ROUTINGS = ("hard", "soft")  # ufbert_jax.fff_variants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +29,8 @@ class ModelConfig:
       ff_width: width of the dense feedforward.
       fff_trees, fff_depth: K and D of the FFF feedforward (K trees of 2^(D+1)-1 nodes).
       fff_impl: how the FFF runs (see ufbert_jax.fff.resolve_impl); the model never looks at it.
+      fff_routing, fff_hardening, fff_transpose: FFF variants for experiments (ufbert_jax.fff_variants):
+        "hard" routing with no hardening loss and no transpositions is the original UltraFastBERT.
       attention_impl: how attention runs: "auto", "xla" or "cudnn" (see
         ufbert_jax.model.resolve_attention_impl); the same mathematics in every one.
       dtype: compute dtype; parameters are always float32.
@@ -43,6 +48,9 @@ class ModelConfig:
     fff_trees: int = 1
     fff_depth: int = 11
     fff_impl: str = "auto"
+    fff_routing: str = "hard"
+    fff_hardening: float = 0.0
+    fff_transpose: float = 0.0
     attention_impl: str = "auto"
     norm_eps: float = 1e-12
     dropout: float = 0.1
@@ -52,6 +60,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.feedforward not in FEEDFORWARDS:
             raise ValueError(f"feedforward={self.feedforward!r}; expected one of {FEEDFORWARDS}")
+        fff.check_impl(self.fff_impl)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {DTYPES}")
         if self.hidden % self.heads:
@@ -63,6 +72,12 @@ class ModelConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.fff_depth < 0:
             raise ValueError(f"fff_depth={self.fff_depth} must be >= 0")
+        if self.fff_routing not in FFF_ROUTINGS:
+            raise ValueError(f"fff_routing={self.fff_routing!r}; expected one of {FFF_ROUTINGS}")
+        if self.fff_hardening < 0:
+            raise ValueError(f"fff_hardening={self.fff_hardening} must be >= 0")
+        if not 0.0 <= self.fff_transpose < 1.0:
+            raise ValueError(f"fff_transpose={self.fff_transpose} must be in [0, 1)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
 

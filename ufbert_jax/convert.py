@@ -1,6 +1,6 @@
 """Import and export of the original PyTorch checkpoint format (pbelcak/UltraFastBERT-1x11-long).
 
-The original directory (ULTRAFASTBERT_FACTS §6, written by the cramming code's `ScriptableLMForPreTraining`):
+The original directory (docs/published_model.md; written by the cramming code's `ScriptableLMForPreTraining`):
 
     config.json              {"arch": {...}, "model_type": "crammedBERT", "architectures": [...]}
     model.safetensors        float32 state dict, the tied decoder stored as a second copy
@@ -9,21 +9,17 @@ The original directory (ULTRAFASTBERT_FACTS §6, written by the cramming code's 
     tokenizer_config.json, special_tokens_map.json   (written on export for Hugging Face; not needed here)
 
 `config_from_arch` maps the `arch` dict to a ModelConfig and refuses every setting that would change the
-outputs and that our model does not implement; `ufbert_jax.state_dict` maps the tensors. The CLI turns an
-original directory (or hub id) into a ufbert-jax workdir (ufbert_jax.checkpoint) that train.py continues
-pretraining from and eval_glue.py fine-tunes from, and exports a workdir back to the original format:
-
-    python -m ufbert_jax.convert DIR_OR_HUB_ID --out WORKDIR
-    python -m ufbert_jax.convert WORKDIR --export DIR [--step N]
+outputs and that our model does not implement; `ufbert_jax.state_dict` maps and checks the tensors.
+`to_workdir` turns an original directory (or hub id) into a ufbert-jax workdir (ufbert_jax.checkpoint)
+that train.py continues pretraining from and eval_glue.py fine-tunes from; `from_workdir` exports a
+workdir back to the original format. The command line is the top-level convert.py.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
 import re
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +27,11 @@ import safetensors.numpy
 from flax import nnx
 from tokenizers import Tokenizer
 
-from ufbert_jax import checkpoint
+from ufbert_jax import checkpoint, io
 from ufbert_jax import state_dict as state_dict_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds, check_vocabulary, load_tokenizer
-from ufbert_jax.model import CLASSIFIER_WIDTH, INIT_STD, MaskedLM, count_params
+from ufbert_jax.model import CLASSIFIER_WIDTH, INIT_STD, MaskedLM
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -257,11 +253,10 @@ def read_config(directory: str | Path) -> ModelConfig:
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not an original-format checkpoint")
-    data = json.loads(path.read_text())
-    if "arch" not in data:
-        raise ConversionError(
-            f"{path} has no 'arch' dict (keys: {sorted(data)}); expected a crammedBERT config"
-        )
+    data = io.read_json(path)
+    if not isinstance(data, dict) or "arch" not in data:
+        keys = sorted(data) if isinstance(data, dict) else f"a {type(data).__name__}, not an object"
+        raise ConversionError(f"{path} has no 'arch' dict (keys: {keys}); expected a crammedBERT config")
     try:
         return config_from_arch(data["arch"])
     except ConversionError as err:
@@ -309,7 +304,13 @@ def read_state_dict(directory: str | Path) -> dict[str, np.ndarray]:
     """The original state dict of `directory`: model.safetensors, else pytorch_model.bin (needs torch)."""
     directory = Path(directory)
     if (directory / SAFETENSORS_FILE).is_file():
-        return safetensors.numpy.load_file(directory / SAFETENSORS_FILE)
+        try:
+            return safetensors.numpy.load_file(directory / SAFETENSORS_FILE)
+        # SafetensorError: a damaged header or payload; TypeError: a dtype numpy lacks (bfloat16).
+        except (safetensors.SafetensorError, TypeError, ValueError, OSError) as err:
+            raise ConversionError(
+                f"{directory / SAFETENSORS_FILE}: not a readable safetensors file ({err}); truncated?"
+            ) from None
     if (directory / TORCH_FILE).is_file():
         return _read_torch_pickle(directory / TORCH_FILE)
     raise FileNotFoundError(f"{directory} has neither {SAFETENSORS_FILE} nor {TORCH_FILE}")
@@ -317,9 +318,10 @@ def read_state_dict(directory: str | Path) -> dict[str, np.ndarray]:
 
 def read_tokenizer(directory: str | Path, cfg: ModelConfig) -> Tokenizer:
     """tokenizer.json of `directory`; it must hold every special token and fit the model's vocabulary."""
-    tokenizer = load_tokenizer(Path(directory) / TOKENIZER_FILE)
-    SpecialIds.of(tokenizer)
-    check_vocabulary(tokenizer, cfg.vocab_size, str(Path(directory) / TOKENIZER_FILE))
+    path = Path(directory) / TOKENIZER_FILE
+    tokenizer = load_tokenizer(path)
+    SpecialIds.of(tokenizer, path)
+    check_vocabulary(tokenizer, cfg.vocab_size, str(path))
     return tokenizer
 
 
@@ -382,20 +384,22 @@ def save_pretrained(model: MaskedLM, tokenizer: Tokenizer, out_dir: str | Path) 
         "architectures": ARCHITECTURES,
         "torch_dtype": "float32",
     }
-    (out_dir / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    state = state_dict_lib.to_state_dict(model)
+    problems = state_dict_lib.bad_values(state)
+    if problems:
+        raise state_dict_lib.StateDictError("refusing to export:\n  " + "\n  ".join(problems))
+    io.write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     # "format": "pt" is the metadata transformers expects to load a safetensors file into PyTorch.
-    safetensors.numpy.save_file(
-        state_dict_lib.to_state_dict(model), out_dir / SAFETENSORS_FILE, metadata={"format": "pt"}
-    )
-    tokenizer.save(str(out_dir / TOKENIZER_FILE))
+    io.write_bytes(out_dir / SAFETENSORS_FILE, safetensors.numpy.save(state, metadata={"format": "pt"}))
+    io.write_text(out_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
     special = _special_tokens_map()
     tokenizer_config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "model_max_length": model.cfg.max_len,
         **special,
     }
-    (out_dir / TOKENIZER_CONFIG_FILE).write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    (out_dir / SPECIAL_TOKENS_MAP_FILE).write_text(json.dumps(special, indent=2) + "\n")
+    io.write_text(out_dir / TOKENIZER_CONFIG_FILE, json.dumps(tokenizer_config, indent=2) + "\n")
+    io.write_text(out_dir / SPECIAL_TOKENS_MAP_FILE, json.dumps(special, indent=2) + "\n")
     return out_dir
 
 
@@ -409,7 +413,7 @@ def to_workdir(path_or_id: str | Path, workdir: str | Path) -> MaskedLM:
         raise FileExistsError(f"{steps} already holds checkpoints; convert into an empty workdir")
     model, tokenizer = from_pretrained(path_or_id)
     checkpoint.save_config(workdir, model.cfg)
-    tokenizer.save(str(checkpoint.tokenizer_path(workdir)))
+    io.write_text(checkpoint.tokenizer_path(workdir), tokenizer.to_str(pretty=True))
     checkpoint.save_params(workdir, 0, model)
     return model
 
@@ -419,32 +423,3 @@ def from_workdir(workdir: str | Path, out_dir: str | Path, step: int | None = No
     model = checkpoint.load_pretrained(workdir, step)
     tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
     return save_pretrained(model, tokenizer, out_dir)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m ufbert_jax.convert",
-        description="Convert the original UltraFastBERT checkpoint format to a ufbert-jax workdir and back.",
-    )
-    parser.add_argument(
-        "source", help="original-format directory or hub id (with --out), or a workdir (--export)"
-    )
-    target = parser.add_mutually_exclusive_group(required=True)
-    target.add_argument("--out", metavar="WORKDIR", help="write a ufbert-jax workdir (params at step 0)")
-    target.add_argument(
-        "--export", metavar="DIR", help="write the workdir's checkpoint in the original format"
-    )
-    parser.add_argument("--step", type=int, default=None, help="with --export: the step (default: latest)")
-    args = parser.parse_args(argv)
-    if args.out is not None:
-        if args.step is not None:
-            parser.error("--step only applies to --export")
-        model = to_workdir(args.source, args.out)
-        print(f"{args.source} -> {args.out}: {model.cfg}, {count_params(model):,} parameters, step 0")
-    else:
-        out = from_workdir(args.source, args.export, args.step)
-        print(f"{args.source} -> {out} (original format)")
-
-
-if __name__ == "__main__":
-    main()

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ufbert_jax import fff
+from ufbert_jax import fff_math, fff_variants
 from ufbert_jax.config import ModelConfig
 
 INIT_STD = 0.02
@@ -160,11 +160,11 @@ class DenseFeedForward(nnx.Module):
 
     def __call__(self, h: jax.Array) -> jax.Array:
         """[B, S, H] -> [B, S, H]."""
-        return self.dense_out(fff.gelu(self.dense_in(h)))
+        return self.dense_out(fff_math.gelu(self.dense_in(h)))
 
 
 class FastFeedForward(nnx.Module):
-    """The FFF feedforward: K trees of depth D; see ufbert_jax.fff for the math.
+    """The FFF feedforward: K trees of depth D; see ufbert_jax.fff for the math, fff_variants for variants.
 
     Parameters in the tree-major heap layout: w_in, w_out [K, N, H], b_in [K, N] (no output bias).
     """
@@ -176,10 +176,11 @@ class FastFeedForward(nnx.Module):
         self.w_in = nnx.Param(_normal(rngs.params(), shape, jnp.float32))
         self.b_in = nnx.Param(jnp.zeros(shape[:2], jnp.float32))
         self.w_out = nnx.Param(_normal(rngs.params(), shape, jnp.float32))
+        self.routing = fff_variants.Routing(cfg, rngs)
 
     def __call__(self, h: jax.Array) -> jax.Array:
         """[B, S, H] -> [B, S, H]."""
-        return fff.apply(
+        return self.routing(
             h.astype(self.dtype),
             self.w_in[...].astype(self.dtype),
             self.b_in[...],

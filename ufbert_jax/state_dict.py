@@ -1,4 +1,4 @@
-"""Our parameters <-> the original PyTorch state dict (key names and layouts of ULTRAFASTBERT_FACTS §6).
+"""Our parameters <-> the original PyTorch state dict (key names and layouts: docs/published_model.md).
 
 Layout differences, each handled by one transform:
   * PyTorch Linear weights are [out, in]; our kernels are [in, out] (transpose);
@@ -117,8 +117,25 @@ class StateDictError(ValueError):
     """A state dict that does not fit the model; the message lists every problem at once."""
 
 
+def bad_values(state_dict: dict[str, np.ndarray]) -> list[str]:
+    """One line per entry that is not a floating-point array or holds NaN or infinity (empty: all good).
+
+    Weights are cast to the model's dtype on load, so an integer or boolean tensor would pass silently,
+    and one non-finite weight turns every output it reaches into NaN.
+    """
+    problems = []
+    for key, value in state_dict.items():
+        value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.floating):
+            problems.append(f"{key}: dtype {value.dtype}, expected floating point")
+        elif not np.isfinite(value).all():
+            count = int(value.size - np.isfinite(value).sum())
+            problems.append(f"{key}: {count} of {value.size} values are NaN or infinite")
+    return problems
+
+
 def check_state_dict(module: nnx.Module, state_dict: dict[str, np.ndarray]) -> None:
-    """Raises StateDictError listing missing keys, unexpected keys and wrong shapes together."""
+    """Raises StateDictError listing missing keys, unexpected keys, wrong shapes and bad values together."""
     expected = expected_shapes(module)
     optional = {"decoder.weight"}  # the tied copy; the word embedding alone is enough
     missing = sorted(set(expected) - set(state_dict) - optional)
@@ -135,10 +152,13 @@ def check_state_dict(module: nnx.Module, state_dict: dict[str, np.ndarray]) -> N
         problems.append(f"unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
     if wrong:
         problems.append(f"wrong shapes ({len(wrong)}): {'; '.join(wrong)}")
+    problems += bad_values({key: value for key, value in state_dict.items() if key in expected})
     cfg = module.encoder.cfg
     for i in range(cfg.layers):
         key = _norm_factor_key(i)
-        if key in state_dict and not np.isclose(float(np.reshape(state_dict[key], ())), cfg.head_dim**-0.5):
+        if key not in state_dict or np.size(state_dict[key]) != 1:  # absent or misshapen: listed above
+            continue
+        if not np.isclose(float(np.reshape(state_dict[key], ())), cfg.head_dim**-0.5):
             problems.append(f"{key}={float(np.reshape(state_dict[key], ()))} != head_dim^-0.5")
     if problems:
         raise StateDictError("state dict does not fit the model:\n  " + "\n  ".join(problems))

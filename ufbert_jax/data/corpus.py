@@ -30,10 +30,27 @@ _PG_END = re.compile(r"^\*\*\* ?END OF.*$", re.MULTILINE)
 _BLANK_LINES = re.compile(r"\n\s*\n")
 
 
+# A file is text when it has no NUL byte and at most this fraction of bytes that are not UTF-8.
+MAX_UNDECODABLE_FRACTION = 0.001
+
+
 def _read_text(path: Path) -> str:
-    """The file as text with LF line ends (PG books mix CRLF and lone CR); undecodable bytes become U+FFFD,
-    which the tokenizer's normaliser drops with the rest of non-ASCII."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    """The file as text with LF line ends (PG books mix CRLF and lone CR).
+
+    A stray undecodable byte becomes U+FFFD, which the tokenizer's normaliser drops with the rest of
+    non-ASCII; a file that is not UTF-8 text (a NUL byte: binary or UTF-16; more undecodable bytes than
+    MAX_UNDECODABLE_FRACTION: another encoding, an archive) is a ValueError naming it, not silent noise.
+    """
+    data = path.read_bytes()
+    if b"\0" in data:
+        raise ValueError(f"corpus file {path} is not text: it has NUL bytes (binary, or UTF-16?)")
+    text = data.decode("utf-8", errors="replace")
+    undecodable = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    if undecodable > MAX_UNDECODABLE_FRACTION * len(data):
+        raise ValueError(
+            f"corpus file {path} is not UTF-8 text: {undecodable} of its {len(data)} bytes do not decode "
+            "(another encoding? convert it, e.g. iconv -f latin1 -t utf-8)"
+        )
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -124,7 +141,11 @@ def _field_text(record: dict, text_field: str, where: str) -> str:
     if text_field not in record:
         raise KeyError(f"{where}: record has no field {text_field!r}; fields are {sorted(record)}")
     text = record[text_field]
-    return text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    if isinstance(text, bytes):
+        return text.decode("utf-8", errors="replace")
+    if not isinstance(text, str):
+        raise TypeError(f"{where}: field {text_field!r} is a {type(text).__name__}, expected text")
+    return text
 
 
 HF_LOCAL_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}

@@ -22,8 +22,6 @@ import json
 import multiprocessing
 import operator
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -31,8 +29,9 @@ import numpy as np
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+from ufbert_jax import io
 from ufbert_jax.data.corpus import documents_from_spec
-from ufbert_jax.data.tokenizer import SpecialIds, load_tokenizer, save_atomically, train_wordpiece
+from ufbert_jax.data.tokenizer import SpecialIds, id_bound, load_tokenizer, train_wordpiece
 
 FORMAT = "ufbert-jax-shards/1"
 MANIFEST_FILE = "manifest.json"
@@ -41,6 +40,7 @@ DEFAULT_SHARD_ROWS = 262_144  # 64 MiB of uint16 rows at S=128: few files, each 
 CHUNK_DOCUMENTS = 64  # documents per worker task: large enough to amortise pickling, small for a smooth bar
 # Keys that must agree for existing shards to be reused.
 IDENTITY_KEYS = ("format", "seq_len", "tokenizer_sha256", "sources")
+MANIFEST_KEYS = (*IDENTITY_KEYS, "vocab_size", "dtype", "rows", "shards")
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -129,9 +129,8 @@ def write_shards(rows: Iterable[np.ndarray], out_dir: Path, shard_size: int, dty
         nonlocal buffer, buffered
         block = np.concatenate(buffer)
         name = f"shard_{len(shards):05d}.npy"
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix=f".{name}.", delete=False) as f:
+        with io.atomic_open(out_dir / name, "wb") as f:
             np.save(f, block[:count].astype(dtype))
-        os.replace(f.name, out_dir / name)
         shards.append({"file": name, "rows": count})
         buffer, buffered = [block[count:]], len(block) - count
 
@@ -145,6 +144,16 @@ def write_shards(rows: Iterable[np.ndarray], out_dir: Path, shard_size: int, dty
     return shards
 
 
+def _open_shard(path: Path) -> np.ndarray:
+    """The shard's [rows, S] array, memory-mapped; a missing, truncated or foreign file names itself."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: the manifest lists it") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise io.FileFormatError(f"{path}: not a readable .npy shard ({err}); truncated?") from None
+
+
 def read_manifest(shard_dir: str | Path) -> dict:
     """The manifest of a shard folder; a folder without one is a FileNotFoundError naming it."""
     path = Path(shard_dir) / MANIFEST_FILE
@@ -152,9 +161,13 @@ def read_manifest(shard_dir: str | Path) -> dict:
         raise FileNotFoundError(
             f"{path} not found: {shard_dir} holds no complete token shards (prepare_shards)"
         )
-    manifest = json.loads(path.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = io.read_json(path)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise io.FileFormatError(f"{path}: format {found!r}, expected {FORMAT!r}")
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        raise io.FileFormatError(f"{path}: keys {missing} missing; expected {list(MANIFEST_KEYS)}")
     return manifest
 
 
@@ -197,7 +210,7 @@ def prepare_shards(
     else:
         docs = tqdm(documents(sources), desc="training tokenizer", unit="doc")
         tokenizer = train_wordpiece(docs, vocab_size, tokenizer_path)
-    actual_vocab = tokenizer.get_vocab_size()
+    actual_vocab = id_bound(tokenizer)  # every id is below it (the dtype must hold them all)
     wanted = {
         "format": FORMAT,
         "seq_len": seq_len,
@@ -205,7 +218,7 @@ def prepare_shards(
         "dtype": token_dtype(actual_vocab).name,
         "tokenizer_sha256": file_sha256(tokenizer_path),
         "sources": sources,
-        "separator_id": SpecialIds.of(tokenizer).sep,
+        "separator_id": SpecialIds.of(tokenizer, tokenizer_path).sep,
     }
     if (out_dir / MANIFEST_FILE).is_file():
         _check_reusable(read_manifest(out_dir), wanted, out_dir)
@@ -216,7 +229,7 @@ def prepare_shards(
     for stale in [*out_dir.glob("shard_*.npy"), *out_dir.glob(".shard_*.npy.*")]:
         stale.unlink()
     if tokenizer_path.resolve() != (out_dir / TOKENIZER_FILE).resolve():
-        shutil.copyfile(tokenizer_path, out_dir / TOKENIZER_FILE)
+        io.write_bytes(out_dir / TOKENIZER_FILE, tokenizer_path.read_bytes())
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     with tqdm(desc="tokenizing", unit="doc") as bar:
         chunks = _token_chunks(documents(sources), tokenizer_path, workers, bar.update)
@@ -224,15 +237,16 @@ def prepare_shards(
     if not shards:
         raise ValueError(f"sources {sources} hold fewer than {seq_len=} tokens: not one row to write")
     manifest = {**wanted, "rows": sum(s["rows"] for s in shards), "shards": shards}
-    save_atomically(json.dumps(manifest, indent=2) + "\n", out_dir / MANIFEST_FILE)
+    io.write_text(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return out_dir
 
 
 class TokenShards:
     """Random access to the packed rows of a shard folder, memory-mapped: a grain RandomAccessDataSource.
 
-    `shards[i]` is row i as [S] int32. Pickling carries only the folder, so worker processes re-map the
-    files instead of copying them.
+    `shards[i]` is row i as [S] int32, every id checked to lie in [0, vocab_size) (an id beyond the
+    embedding would turn the row's loss into NaN). Pickling carries only the folder, so worker processes
+    re-map the files instead of copying them.
     """
 
     def __init__(self, shard_dir: str | Path):
@@ -240,12 +254,13 @@ class TokenShards:
         self.manifest = read_manifest(self.shard_dir)
         self.seq_len: int = self.manifest["seq_len"]
         self.vocab_size: int = self.manifest["vocab_size"]
-        self._arrays = [np.load(self.shard_dir / s["file"], mmap_mode="r") for s in self.manifest["shards"]]
-        for shard, array in zip(self.manifest["shards"], self._arrays, strict=True):
-            if array.shape != (shard["rows"], self.seq_len):
-                raise ValueError(
-                    f"{self.shard_dir / shard['file']}: shape {array.shape}, manifest says "
-                    f"{(shard['rows'], self.seq_len)}"
+        self._files = [self.shard_dir / s["file"] for s in self.manifest["shards"]]
+        self._arrays = [_open_shard(path) for path in self._files]
+        for shard, path, array in zip(self.manifest["shards"], self._files, self._arrays, strict=True):
+            if array.shape != (shard["rows"], self.seq_len) or array.dtype != self.manifest["dtype"]:
+                raise io.FileFormatError(
+                    f"{path}: {array.dtype} {array.shape}, the manifest says "
+                    f"{self.manifest['dtype']} {(shard['rows'], self.seq_len)}"
                 )
         self._starts = np.cumsum([0] + [s["rows"] for s in self.manifest["shards"]])  # [num_shards + 1]
 
@@ -261,7 +276,13 @@ class TokenShards:
         if not 0 <= index < len(self):
             raise IndexError(f"row {index} out of range for {len(self)} rows in {self.shard_dir}")
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        return np.asarray(self._arrays[shard][index - self._starts[shard]], dtype=np.int32)  # [S]
+        row = np.asarray(self._arrays[shard][index - self._starts[shard]], dtype=np.int32)  # [S]
+        if row.min() < 0 or row.max() >= self.vocab_size:
+            raise ValueError(
+                f"{self._files[shard]} row {index - self._starts[shard]}: token ids span "
+                f"[{row.min()}, {row.max()}], expected [0, {self.vocab_size}) (the manifest's vocab_size)"
+            )
+        return row
 
     def __repr__(self) -> str:
         return f"TokenShards({str(self.shard_dir)!r}, rows={len(self)}, seq_len={self.seq_len})"

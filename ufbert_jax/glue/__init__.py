@@ -1,7 +1,7 @@
 """GLUE fine-tuning and evaluation: task specs and sources, encoding and bucketing, metrics, the
 fine-tuning loop and the results report (docs/glue.md)."""
 
-from ufbert_jax.glue.finetune import Pretrained, Recipe, finetune_task, run_glue
+from ufbert_jax.glue.finetune import Pretrained, Recipe, evaluate_workdir, finetune_task, run_glue
 from ufbert_jax.glue.tasks import DEFAULT_TASKS, TASKS, Skipped, TaskData, get_task, load_hub, load_local
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "Recipe",
     "Skipped",
     "TaskData",
+    "evaluate_workdir",
     "finetune_task",
     "get_task",
     "load_hub",

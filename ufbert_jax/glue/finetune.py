@@ -2,7 +2,7 @@
 
 Shape legend: B batch, S sequence, C classes (1 for STS-B regression).
 
-Recipe (ULTRAFASTBERT_FACTS section 4): AdamW (0.9, 0.98), eps 1e-6, no weight decay, lr 4e-5 with 10%
+Recipe (the paper's, docs/glue.md): AdamW (0.9, 0.98), eps 1e-6, no weight decay, lr 4e-5 with 10%
 linear warmup then cosine decay to 0, batch 16, 5 epochs, dropout 0.1 on, max length 128; the dev score
 after the last epoch is the one reported. Its values live in configs/glue.py (with CoLA's own epochs);
 `Recipe` is the resolved, typed form for one task. Cross-entropy for classification, squared error for
@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -28,8 +29,8 @@ from tqdm.auto import tqdm
 from ufbert_jax import checkpoint
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts, load_tokenizer
-from ufbert_jax.glue import encoding, metrics
-from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task
+from ufbert_jax.glue import encoding, metrics, report
+from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task, load_hub, load_local
 from ufbert_jax.model import SequenceClassifier
 
 LOSS_LOG_EVERY = 25  # steps between progress-bar loss updates (each one waits for the device)
@@ -57,8 +58,10 @@ class Recipe:
 
     @classmethod
     def for_task(cls, config: Mapping, task: str) -> Recipe:
-        """The config's top-level fields with `config["task_overrides"][task]` applied on top."""
-        overrides = dict(config.get("task_overrides", {}).get(task, {}))
+        """The config's top-level fields with the set fields of `config["task_overrides"][task]` on top."""
+        # Unset per-task fields are None (placeholders in configs/glue.py): the top-level value applies.
+        given = config.get("task_overrides", {}).get(task, {})
+        overrides = {name: value for name, value in given.items() if value is not None}
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"task_overrides.{task} has unknown fields {unknown}")
@@ -163,12 +166,14 @@ class Pretrained:
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> Pretrained:
-        """Reads model.json and tokenizer.json; a vocabulary mismatch between them is a ValueError."""
+        """Reads model.json and tokenizer.json; a tokenizer without the special tokens or with ids beyond
+        the model's vocabulary is a ValueError."""
         workdir = Path(workdir)
         cfg = checkpoint.load_config(workdir)
         tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
         tokenizer.no_truncation()  # truncation and padding are ours (encoding.py)
         tokenizer.no_padding()
+        SpecialIds.of(tokenizer, checkpoint.tokenizer_path(workdir))  # before any task, naming the file
         check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
         return cls(workdir, cfg, tokenizer, step)
 
@@ -260,25 +265,8 @@ def finetune_task(data: TaskData, pretrained: Pretrained, recipe: Recipe) -> dic
     }
 
 
-def run_glue(
-    config: Mapping, pretrained: Pretrained, source: Callable[[TaskSpec], TaskData | Skipped]
-) -> dict:
-    """Runs every task of config["tasks"] (comma-separated) from `source`; returns the results record.
-
-    A task the source cannot provide is recorded as skipped with the reason; the others still run.
-    """
-    specs = [get_task(name) for name in config["tasks"].split(",") if name.strip()]
-    for name in config.get("task_overrides", {}):
-        get_task(name)  # a misspelt task in the overrides is an error, not a silently ignored setting
-    recipes = {spec.name: Recipe.for_task(config, spec.name) for spec in specs}  # bad values fail up front
-    tasks = {}
-    for spec in specs:
-        data = source(spec)
-        if isinstance(data, Skipped):
-            tasks[spec.name] = {"status": "skipped", "reason": data.reason}
-            print(f"{spec.name}: skipped ({data.reason})")
-            continue
-        tasks[spec.name] = finetune_task(data, pretrained, recipes[spec.name])
+def _record(tasks: dict, pretrained: Pretrained) -> dict:
+    """The results record of the tasks run so far (see docs/glue.md, results.json)."""
     rows = {
         row: scored["metrics"] for record in tasks.values() for row, scored in record.get("dev", {}).items()
     }
@@ -286,6 +274,60 @@ def run_glue(
     return {
         "workdir": str(pretrained.workdir),
         "model": dataclasses.asdict(pretrained.config),
-        "tasks": tasks,
+        "tasks": dict(tasks),
         "averages": metrics.averages(rows, row_tasks),
     }
+
+
+def run_glue(
+    config: Mapping,
+    pretrained: Pretrained,
+    source: Callable[[TaskSpec], TaskData | Skipped],
+    on_update: Callable[[dict], object] | None = None,
+) -> dict:
+    """Runs every task of config["tasks"] (comma-separated) from `source`; returns the results record.
+
+    A task the source cannot provide is recorded as skipped with the reason. A task that fails (bad data,
+    a diverging loss, any error) is recorded as failed with the error, its traceback printed, and the
+    others still run. After each task `on_update` gets the record so far (eval_glue.py writes it to
+    results.json), so a crash or a kill never loses finished tasks. Bad task names or recipe values
+    fail here, before any task runs.
+    """
+    specs = [get_task(name) for name in config["tasks"].split(",") if name.strip()]
+    for name in config.get("task_overrides", {}):
+        get_task(name)  # a misspelt task in the overrides is an error, not a silently ignored setting
+    recipes = {spec.name: Recipe.for_task(config, spec.name) for spec in specs}  # bad values fail up front
+    tasks: dict[str, dict] = {}
+    for spec in specs:
+        try:
+            data = source(spec)
+            if isinstance(data, Skipped):
+                tasks[spec.name] = {"status": "skipped", "reason": data.reason}
+                print(f"{spec.name}: skipped ({data.reason})")
+            else:
+                tasks[spec.name] = finetune_task(data, pretrained, recipes[spec.name])
+        except Exception as err:  # one bad task must not cost the others (or the finished ones)
+            traceback.print_exc()
+            tasks[spec.name] = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            print(f"{spec.name}: failed ({type(err).__name__}: {err})")
+        if on_update is not None:
+            on_update(_record(tasks, pretrained))
+    return _record(tasks, pretrained)
+
+
+def evaluate_workdir(
+    config: Mapping, workdir: str | Path, glue_dir: str | Path | None, out: str | Path
+) -> dict:
+    """`run_glue` of `workdir` (its latest step, or config["step"] when >= 0) on config["tasks"] from
+    `glue_dir` in the original TSV layout (None: the Hub); results.json and results.md in `out` are
+    rewritten after every task (and at the end, also when no task ran). Returns the results record."""
+    source = load_hub if glue_dir is None else functools.partial(load_local, root=glue_dir)
+    header = {"source": "hub" if glue_dir is None else str(glue_dir)}
+    pretrained = Pretrained.load(workdir, step=None if config["step"] < 0 else config["step"])
+
+    def save(record: dict) -> None:
+        report.write(header | record, out)
+
+    results = header | run_glue(config, pretrained, source, on_update=save)
+    save(results)
+    return results

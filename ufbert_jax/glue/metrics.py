@@ -6,7 +6,7 @@ Degenerate cases score 0 instead of NaN, as scikit-learn does for Matthews and F
 
 Averages over the rows of a results table (one row per dev split: "mnli-m" and "mnli-mm" are two rows):
 - cramming: the mean of each row's first metric (CoLA Matthews, MRPC/QQP F1, STS-B Pearson, accuracy
-  otherwise) over the paper's tasks, so MNLI counts twice (ULTRAFASTBERT_FACTS section 4); WNLI is left out.
+  otherwise) over the paper's tasks, so MNLI counts twice (docs/glue.md); WNLI is left out.
 - glue: the GLUE benchmark score, the mean over tasks of each task's mean metric (MRPC/QQP F1 and accuracy,
   STS-B Pearson and Spearman, MNLI matched and mismatched averaged into one task), WNLI included when run.
 """

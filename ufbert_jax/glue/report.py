@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ufbert_jax import io
+
 AVERAGE_TITLES = {
     "cramming": "cramming average (first metric per row, MNLI m and mm both counted, no WNLI)",
     "cramming_without_cola": "cramming average without CoLA (the paper's table)",
@@ -17,6 +19,9 @@ def _rows(results: dict) -> list[str]:
     for task, record in results["tasks"].items():
         if record["status"] == "skipped":
             lines.append(f"| {task} | - | - | skipped: {record['reason']} | - |")
+            continue
+        if record["status"] == "failed":
+            lines.append(f"| {task} | - | - | FAILED: {record['error']} | - |")
             continue
         for split, scored in record["dev"].items():
             values = scored["metrics"]
@@ -44,10 +49,10 @@ def markdown(results: dict) -> str:
 
 
 def write(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    """Writes results.json and results.md into `out_dir`; returns their paths."""
+    """Writes results.json and results.md into `out_dir`, each atomically (a kill mid-write leaves the
+    previous version); returns their paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / "results.json", out_dir / "results.md"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    md_path.write_text(f"# GLUE dev results for {results['workdir']}\n\n{markdown(results)}")
+    io.write_text(json_path, json.dumps(results, indent=2) + "\n")
+    io.write_text(md_path, f"# GLUE dev results for {results['workdir']}\n\n{markdown(results)}")
     return json_path, md_path

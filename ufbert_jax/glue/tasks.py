@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -105,7 +106,7 @@ TASKS: dict[str, TaskSpec] = {
     )
 }  # fmt: skip
 
-#: The paper's tasks (ULTRAFASTBERT_FACTS section 4): all but WNLI, which runs only on request.
+#: The paper's tasks (docs/glue.md): all but WNLI, which runs only on request.
 DEFAULT_TASKS = tuple(name for name in TASKS if name != "wnli")
 
 
@@ -169,29 +170,43 @@ def _label_array(spec: TaskSpec, labels: list) -> np.ndarray:
 
 
 def read_tsv(spec: TaskSpec, path: Path) -> Split:
-    """Reads one labelled GLUE TSV file; a row with the wrong number of fields, a missing column or a
-    label outside the task's set is a ValueError naming the file and line."""
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        columns = spec.fixed_columns or tuple(next(reader, ()))
-        wanted = (*spec.text_columns, spec.label_column)
-        missing = [name for name in wanted if name not in columns]
-        if missing:
-            raise ValueError(f"{path}:1: columns {missing} not found; the header is {list(columns)}")
-        positions = [columns.index(name) for name in wanted]
-        texts: tuple[list[str], ...] = tuple([] for _ in spec.text_columns)
-        labels = []
+    """Reads one labelled GLUE TSV file. An empty file, a file that is not UTF-8 text, a header without
+    the task's columns, a file without examples, a row with the wrong number of fields or a label outside
+    the task's set is a ValueError naming the file (and line)."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise ValueError(f"{path}: empty file; expected a GLUE {spec.name} TSV")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err}); expected a GLUE {spec.name} TSV") from None
+    if "\0" in text:
+        raise ValueError(f"{path}: has NUL bytes, not a text file; expected a GLUE {spec.name} TSV")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    columns = spec.fixed_columns or tuple(next(reader, ()))
+    wanted = (*spec.text_columns, spec.label_column)
+    missing = [name for name in wanted if name not in columns]
+    if missing:
+        raise ValueError(f"{path}:1: columns {missing} not found; the header is {list(columns)}")
+    positions = [columns.index(name) for name in wanted]
+    texts: tuple[list[str], ...] = tuple([] for _ in spec.text_columns)
+    labels = []
+    try:
         for row in reader:
             where = f"{path}:{reader.line_num}"
             if len(row) != len(columns):
                 raise ValueError(
-                    f"{where}: malformed row with {len(row)} tab-separated fields, expected {len(columns)} "
-                    f"({list(columns)})"
+                    f"{where}: malformed row with {len(row)} tab-separated fields, expected "
+                    f"{len(columns)} ({list(columns)})"
                 )
             *text_values, label = (row[i] for i in positions)
             for column, value in zip(texts, text_values, strict=True):
                 column.append(value)
             labels.append(parse_label(spec, label, where))
+    except csv.Error as err:  # e.g. a field over csv's size limit: a row that swallowed the file
+        raise ValueError(f"{path}:{reader.line_num}: {err}") from None
+    if not labels:
+        raise ValueError(f"{path}: no examples, only a header; expected rows of {list(columns)}")
     return Split(texts, _label_array(spec, labels), str(path))
 
 
@@ -224,6 +239,8 @@ def _hub_split(spec: TaskSpec, rows, split: str) -> Split:
                 raise ValueError(f"{where}: label {label!r} not a class index in [0, {len(spec.labels)})")
             label = spec.labels[label]
         labels.append(parse_label(spec, str(label), where))
+    if not labels:
+        raise ValueError(f"{HUB_DATASET}/{spec.name}:{split} has no examples")
     return Split(texts, _label_array(spec, labels), f"{HUB_DATASET}/{spec.name}:{split}")
 
 

@@ -1,23 +1,14 @@
-"""MLM pretraining with the cramming recipe: optimizer and schedule (optim), loss and the jitted steps
-(steps), throughput and logs (metrics), the data-parallel loop with checkpoints and resume (loop).
+"""MLM pretraining with the cramming recipe.
 
-Importing this package needs only jax, flax, optax, orbax and tqdm: the data pipeline (grain, tokenizer
-training) is imported inside `train_and_evaluate`, so the throughput benchmark runs where it is absent.
+    optim.py          the optimizer, the budget schedule and the batch ramp
+    steps.py          the sparse-prediction loss and the jitted train and eval steps
+    metrics.py        the step-metrics window, throughput (model FLOPs, MFU), metrics.jsonl
+    plot.py           loss.png
+    mesh.py           jax.distributed, the data-parallel mesh, placing state and batches
+    checkpointing.py  saving and resuming a run in its workdir
+    inputs.py         the token shards and MLM batches of a config (`make_batches`)
+    loop.py           the loop (`train`) and the whole run from a config (`train_and_evaluate`)
+
+The package imports nothing itself: optim, steps and metrics need only jax, flax and optax (the throughput
+benchmark runs with those alone); loop.py needs the data pipeline, orbax and ml_collections too.
 """
-
-from ufbert_jax.train.loop import NonFiniteLossError, train, train_and_evaluate
-from ufbert_jax.train.optim import OptimizerConfig, accumulation_steps, budget_schedule, make_optimizer
-from ufbert_jax.train.steps import evaluate, mlm_loss, train_step
-
-__all__ = [
-    "NonFiniteLossError",
-    "OptimizerConfig",
-    "accumulation_steps",
-    "budget_schedule",
-    "evaluate",
-    "make_optimizer",
-    "mlm_loss",
-    "train",
-    "train_and_evaluate",
-    "train_step",
-]

@@ -1,17 +1,22 @@
-"""Throughput accounting (model FLOPs, MFU), the metrics.jsonl log and the loss-curve plot."""
+"""What a run reports: the step-metrics window and its non-finite check, throughput (model FLOPs, MFU),
+and the metrics.jsonl log."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
+import jax
+import numpy as np
+
 from ufbert_jax.config import ModelConfig
+from ufbert_jax.files import write_atomically
 
 log = logging.getLogger("ufbert_jax.train")
 
 METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
 
 # Dense bf16 peak FLOP/s per chip, by a substring of jax.Device.device_kind (vendor data sheets, without
 # sparsity). Unknown kinds (CPUs included) have no MFU.
@@ -50,18 +55,110 @@ def peak_flops(device_kind: str, dtype: str) -> float | None:
     return next((peak for kind, peak in PEAK_BF16_FLOPS.items() if kind in device_kind), None)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; nothing after the last good checkpoint was saved."""
+
+
+class StepWindow:
+    """The step metrics since the last log record: fetched to the host and checked for non-finite losses."""
+
+    def __init__(self):
+        self.pending: list[tuple[int, dict]] = []  # (step, device metrics), not yet fetched
+        self.rows: list[dict] = []
+        self.started = time.monotonic()
+
+    def add(self, step: int, metrics: dict) -> None:
+        """Queues the (device) metrics of `step` without waiting for them."""
+        self.pending.append((step, metrics))
+
+    def check(self, last_saved: int | None, workdir: Path) -> None:
+        """Fetches the queued metrics; NonFiniteLossError at the first non-finite loss."""
+        steps = [step for step, _ in self.pending]
+        for step, row in zip(steps, jax.device_get([m for _, m in self.pending]), strict=True):
+            if not np.isfinite(row["loss"]):
+                where = "none was written" if last_saved is None else f"step {last_saved} in {workdir}"
+                raise NonFiniteLossError(
+                    f"non-finite loss {row['loss']} at step {step}; training stopped without saving. "
+                    f"Last good checkpoint: {where} (a rerun resumes from it; lower the learning rate or "
+                    "check the data first)."
+                )
+            self.rows.append(row)
+        self.pending = []
+
+    def summary(self) -> tuple[dict, int, float]:
+        """(mean metrics, steps, seconds) since the window started; starts a new window."""
+        means = {name: float(np.mean([row[name] for row in self.rows])) for name in self.rows[0]}
+        steps, seconds = len(self.rows), time.monotonic() - self.started
+        self.rows, self.started = [], time.monotonic()
+        return means, steps, seconds
+
+
+class Throughput:
+    """tokens/s and MFU of the model at a given rate of microbatch steps of [microbatch, seq_len] tokens."""
+
+    def __init__(self, model_cfg: ModelConfig, microbatch: int, seq_len: int, devices: int):
+        self.tokens_per_step = microbatch * seq_len
+        predictions = round(0.25 * seq_len)  # the recipe's masking rate, as the data pipeline's
+        self.flops_per_token = train_flops_per_token(model_cfg, seq_len, predictions)
+        peak = peak_flops(jax.devices()[0].device_kind, model_cfg.dtype)
+        self.peak = peak * devices if peak else None
+
+    def __call__(self, steps: int, seconds: float) -> dict[str, float]:
+        tokens_per_s = steps * self.tokens_per_step / seconds
+        if self.peak is None:
+            return {"tokens_per_s": tokens_per_s}
+        return {"tokens_per_s": tokens_per_s, "mfu": tokens_per_s * self.flops_per_token / self.peak}
+
+
 class MetricsLog:
-    """One log line per record and the same record appended to workdir/metrics.jsonl (process 0 only)."""
+    """One log line per record and the same record appended to workdir/metrics.jsonl (process 0 only).
+
+    Appending is the only write during a run, so a kill leaves at most a torn last line; reading drops
+    lines that do not parse (with a warning naming them), and the resume rewrite is atomic.
+    """
 
     def __init__(self, workdir: str | Path, enabled: bool = True):
         self.path = Path(workdir) / METRICS_FILE
         self.enabled = enabled
 
+    def _read(self) -> tuple[list[dict], int]:
+        """(the records that parse, how many lines did not)."""
+        if not self.path.is_file():
+            return [], 0
+        records, bad = [], 0
+        lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                    raise ValueError(f"not a record with an integer step: {line[:80]!r}")
+            except ValueError as error:
+                where = (
+                    "the last line (torn by a kill mid-write)" if number == len(lines) else f"line {number}"
+                )
+                log.warning("%s: dropping %s: %s", self.path, where, error)
+                bad += 1
+                continue
+            records.append(record)
+        return records, bad
+
+    def records(self) -> list[dict]:
+        """The records of metrics.jsonl in file order (lines that do not parse are dropped)."""
+        return self._read()[0]
+
+    def has(self, step: int, key: str) -> bool:
+        """Whether a record of `step` holds `key` (e.g. "eval/loss")."""
+        return any(record["step"] == step and key in record for record in self.records())
+
     def truncate_after(self, step: int) -> None:
-        """Drops records past `step`: after a resume they describe work that the restored state never saw."""
-        if self.enabled and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(line + "\n" for line in kept))
+        """Drops records past `step` (after a resume they describe work the restored state never saw) and
+        lines that do not parse; rewrites the file atomically, and only when something is dropped."""
+        if not self.enabled:
+            return
+        records, bad = self._read()
+        kept = [record for record in records if record["step"] <= step]
+        if bad or len(kept) < len(records):
+            write_atomically(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -69,30 +166,3 @@ class MetricsLog:
         log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-
-    def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines()]
-
-
-def plot_losses(records: list[dict], path: str | Path) -> None:
-    """Train (and eval, where logged) MLM loss against step, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("train/loss", "train"), ("eval/loss", "eval")):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            ax.plot(*zip(*points, strict=True), marker="." if key == "eval/loss" else None, label=label)
-    ax.set_xlabel("step (microbatches)")
-    ax.set_ylabel("MLM loss (masked positions)")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from ufbert_jax import fff_variants
 from ufbert_jax.model import MaskedLM
 
 
@@ -23,9 +24,10 @@ def mlm_loss(model: MaskedLM, batch: dict) -> tuple[jax.Array, dict]:
 
     The decoder (a [H, V] matmul, the largest single one at V = 32768) runs on the B*P gathered hidden
     states instead of all B*S: a quarter of the work at P = S / 4. Returns (loss, metrics) with metrics
-    {"loss", "accuracy", "predictions"} (accuracy of the argmax over the counted positions).
+    {"loss", "accuracy", "predictions"} (accuracy of the argmax over the counted positions). The returned
+    loss adds the FFF hardening loss (fff_variants.encode; off by default); metrics["loss"] is the MLM loss.
     """
-    hidden = model.encoder(batch["input_ids"])  # [B, S, H]
+    hidden, hardening = fff_variants.encode(model, batch["input_ids"])  # [B, S, H], [] (0.0 by default)
     positions, labels = batch["positions"], batch["labels"]  # [B, P]
     gathered = jnp.take_along_axis(hidden, positions[..., None], axis=1)  # [B, P, H]
     logits = model.decode(gathered)  # [B, P, V] float32
@@ -35,7 +37,7 @@ def mlm_loss(model: MaskedLM, batch: dict) -> tuple[jax.Array, dict]:
     predictions = jnp.maximum(counted.sum(), 1)
     loss = jnp.where(counted, nll, 0.0).sum() / predictions
     correct = (counted & (jnp.argmax(logits, axis=-1) == labels)).sum()
-    return loss, {"loss": loss, "accuracy": correct / predictions, "predictions": counted.sum()}
+    return loss + hardening, {"loss": loss, "accuracy": correct / predictions, "predictions": counted.sum()}
 
 
 @functools.partial(nnx.jit, donate_argnames=("model", "optimizer"))

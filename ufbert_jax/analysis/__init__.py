@@ -1,0 +1,1 @@
+"""Routing analysis of FFF checkpoints (docs/research.md)."""

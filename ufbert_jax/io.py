@@ -1,0 +1,71 @@
+"""Reading and writing the files we share: read errors name the file, writes are atomic and readable.
+
+Atomic: a write goes to a temporary file beside the target, which then replaces it (os.replace), so a
+reader or a crash never sees half a file. Readable: the temporary file is created with mode 0o666 and
+the kernel applies the umask, so a written file gets the mode `open(path, "w")` would give it (0644 under
+the usual umask 022), not the 0600 of `tempfile.mkstemp`: shard folders and exported checkpoints are
+shared between users.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+
+class FileFormatError(ValueError):
+    """A file that exists but cannot be read as what it should be; the message names the file."""
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value of `path`; a missing file is a FileNotFoundError, an empty, truncated or non-UTF-8
+    one a FileFormatError, each naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    data = path.read_bytes()
+    if not data.strip():
+        raise FileFormatError(f"{path}: empty file, expected JSON")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise FileFormatError(f"{path}: not UTF-8 text, so not JSON ({err})") from None
+    except json.JSONDecodeError as err:
+        raise FileFormatError(f"{path}: invalid JSON ({err}); truncated?") from None
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """A file object to write `path` with ("w" text or "wb" bytes): on success it replaces `path`
+    atomically, on an error it is removed and `path` is left as it was. Parent folders are created."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"{mode=}; expected 'w' or 'wb'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: a fresh file of ours; mode 0o666 is then reduced by the umask, as open() does.
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Writes `text` (UTF-8) to `path` atomically, with the umask's mode."""
+    with atomic_open(path, "w") as f:
+        f.write(text)
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Writes `data` to `path` atomically, with the umask's mode."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
