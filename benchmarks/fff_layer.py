@@ -10,17 +10,16 @@ lists its options.
 
 import sys
 
-PARTS = ("cpu", "gpu")
+import fff_layer_cpu
+import fff_layer_gpu
+
+PARTS = {"cpu": fff_layer_cpu, "gpu": fff_layer_gpu}
 
 
 def main(argv: list[str]) -> None:
     if not argv or argv[0] not in PARTS:
         sys.exit(f"usage: fff_layer.py {{{'|'.join(PARTS)}}} [options]; got {argv[:1]}")
-    if argv[0] == "cpu":
-        import fff_layer_cpu as part
-    else:
-        import fff_layer_gpu as part
-    part.main(argv[1:])
+    PARTS[argv[0]].main(argv[1:])
 
 
 if __name__ == "__main__":

@@ -3,26 +3,25 @@
     python benchmarks/fff_layer.py cpu [--tokens 1,128,2048,16384] [--threads 1,2] [--rounds 3]
                                        [--timing loop|call] [--out PNG]
 
-Variants, timed side by side in one process per thread count (interleaved round by round, so load on a
-shared machine hits them alike): the custom call (``fff_cpu``), the dense 768->3072->768 and 768->4095->768
-GELU feedforwards (biases on both layers, as in crammed BERT), and the pure-JAX ``conditional`` and
-``masked`` forms. Each thread count runs in its own subprocess pinned with ``taskset`` to that many cores,
-with XLA's intra-op pool set by ``XLA_FLAGS`` (``--xla_cpu_multi_thread_eigen`` and
-``intra_op_parallelism_threads``); the table shows the measured CPU time / wall time of each variant, i.e.
-how many threads actually ran. Prints medians (ms) and speedups over dense-3072, saves a plot of speedup
-against tokens to ``--out``. Expected at 16384 tokens on 2 threads: the custom call over 100x dense-3072
-with loop timing, about 100x with call timing (docs/cpu_kernel.md has the measured numbers and machine).
+Variants, timed side by side in one process per thread count (interleaved round by round, so load on a shared
+machine hits them alike): the custom call (``fff_cpu``), the dense 768->3072->768 and 768->4095->768 GELU
+feedforwards (benchmarks/layer_ops.py), and the pure-JAX ``conditional`` and ``masked`` forms. Each thread
+count runs in its own subprocess pinned with ``taskset`` to that many cores, with XLA's intra-op pool set by
+``XLA_FLAGS`` (``--xla_cpu_multi_thread_eigen`` and ``intra_op_parallelism_threads``); the table shows the
+measured CPU time / wall time of each variant, i.e. how many threads actually ran. Prints medians (ms) and
+speedups over dense-3072, saves a plot of speedup against tokens to ``--out``. Expected at 16384 tokens on 2
+threads: the custom call over 100x dense-3072 with loop timing, about 100x with call timing
+(docs/cpu_kernel.md has the measured numbers and machine).
 
 Two timing modes (``--timing``), the same for every variant:
 
 - ``loop`` (default): chained calls inside one jitted ``lax.fori_loop`` (benchmarks/timing.py, the method of
-  the GPU benchmark), each call's output feeding a tiny operand of the next through an optimization
-  barrier, cycling through ROTATE input sets; x passes through the barrier too (``tie_x``), else XLA hoists
-  the dense forms' matmuls out of the loop (measured: dense-3072 at 128 tokens, 2 threads, 1.5 ms instead
-  of 20 ms: only the output bias add, the chained operand, stayed in the loop). Host dispatch is paid once
-  per loop, and XLA allocates the program's buffers (y included) once per loop, so the pages of y are
-  faulted in and zeroed by the OS once and then reused. That is how the layer runs inside a jitted model,
-  where XLA's buffer assignment places y in the program's reused scratch memory; hence the default.
+  the GPU benchmark), each call's output feeding a tiny operand of the next through an optimization barrier,
+  cycling through ROTATE input sets; x passes through the barrier too (``tie_x``), else XLA hoists the dense
+  forms' matmuls out of the loop (timing.py says which). Host dispatch is paid once per loop, and XLA
+  allocates the program's buffers (y included) once per loop, so the pages of y are faulted in and zeroed by
+  the OS once and then reused. That is how the layer runs inside a jitted model, where XLA's buffer assignment
+  places y in the program's reused scratch memory; hence the default.
 - ``call``: one jitted call per Python call, back to back. Each call pays the host dispatch (tens of
   microseconds: it dominates at 1 token) and a fresh top-level output buffer from XLA, which the OS zeroes
   on first touch. That is a standalone op called from Python; the fresh 50 MB y at 16384 tokens costs the
@@ -38,11 +37,18 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-HIDDEN, TREES, DEPTH = 768, 1, 11  # UltraFastBERT-1x11
+import jax
+import jax.numpy as jnp
+import layer_ops
+import numpy as np
+import timing
+from layer_ops import BASELINE, Curve
+from ufbert_jax.kernels import fff_cpu
+
+from ufbert_jax import fff_math
+
 VARIANTS = ("fff_cpu", "dense3072", "dense4095", "conditional", "masked")
-BASELINE = "dense3072"
 TARGET_SPEEDUP = 100.0
 TIMINGS = ("loop", "call")
 MIN_ROUND_S = 0.2  # call mode: each round repeats a variant until this much time has passed (at least once)
@@ -66,41 +72,19 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def make_variants(tokens: int, rng) -> dict[str, tuple]:
-    """Every variant as (op, xs, params): op(x, small, *rest) -> y [T, H] with params = (small, *rest).
-
-    xs holds ROTATE input sets x [T, H]. The small operand (a bias) comes first, as benchmarks/timing.py
-    chains it from call to call. Weights are arguments, not closed-over constants, so that XLA cannot
-    constant-fold them into the compiled program (it tries, for the gathers of the conditional form).
-    """
-    import jax
-    import jax.numpy as jnp
-    from ufbert_jax.kernels import fff_cpu
-
-    from ufbert_jax import fff_math
-
-    nodes = 2 ** (DEPTH + 1) - 1
-
-    def normal(*shape):
-        return jnp.asarray(0.02 * rng.standard_normal(shape), jnp.float32)
-
-    def dense_ff(x, b2, w1, b1, w2):
-        return jax.nn.gelu(x @ w1 + b1, approximate=False) @ w2 + b2
-
-    def dense_params(width):
-        return normal(HIDDEN), normal(HIDDEN, width), normal(width), normal(width, HIDDEN)
-
-    def fff_op(impl):
-        return lambda x, b_in, w_in, w_out: impl(x, w_in, b_in, w_out)
-
-    xs = [jnp.asarray(rng.standard_normal((tokens, HIDDEN)), jnp.float32) for _ in range(ROTATE)]
-    fff_params = normal(TREES, nodes), normal(TREES, nodes, HIDDEN), normal(TREES, nodes, HIDDEN)
+def make_variants(tokens: int, rng: np.random.Generator) -> dict[str, tuple]:
+    """Every variant as (op, xs, params) for timing.ChainedLoop: ROTATE input sets x [T, H], float32."""
+    xs = layer_ops.inputs(rng, tokens, jnp.float32, ROTATE)
+    fff_params = layer_ops.fff_params(rng, jnp.float32)
+    dense = {
+        name: (layer_ops.dense_ff, xs, layer_ops.dense_params(rng, width, jnp.float32))
+        for name, width in layer_ops.DENSE_WIDTHS.items()
+    }
     return {
-        "fff_cpu": (fff_op(fff_cpu.fff_cpu), xs, fff_params),
-        "dense3072": (dense_ff, xs, dense_params(3072)),
-        "dense4095": (dense_ff, xs, dense_params(4095)),
-        "conditional": (fff_op(fff_math.conditional), xs, fff_params),
-        "masked": (fff_op(fff_math.masked), xs, fff_params),
+        "fff_cpu": (layer_ops.fff_op(fff_cpu.fff_cpu), xs, fff_params),
+        **dense,
+        "conditional": (layer_ops.fff_op(fff_math.conditional), xs, fff_params),
+        "masked": (layer_ops.fff_op(fff_math.masked), xs, fff_params),
     }
 
 
@@ -122,8 +106,6 @@ def time_round(fn, args) -> tuple[float, float]:
 
 def call_timer(op, xs, params):
     """Call mode: a round of jit(op)(x, *params) calls; compiles and warms up first."""
-    import jax
-
     fn, args = jax.jit(op), (xs[0], *params)
     fn(*args).block_until_ready()
     return lambda: time_round(fn, args)
@@ -135,8 +117,6 @@ def loop_timer(op, xs, params):
     One untimed turn first, for the reason given in time_round: each loop allocates its buffers afresh,
     and right after the masked form their page faults stalled the custom call's loop by about 240 ms.
     """
-    import timing
-
     loop = timing.ChainedLoop(op, xs, params, ROTATE, LOOP_S, MAX_TURNS)
 
     def sample() -> tuple[float, float]:
@@ -150,8 +130,6 @@ def loop_timer(op, xs, params):
 
 def worker(args: argparse.Namespace) -> None:
     """Times every variant at every token count in this process; prints one JSON line per token count."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     make_timer = {"loop": loop_timer, "call": call_timer}[args.timing]
     for tokens in args.tokens:
@@ -222,38 +200,18 @@ def table(results: list[dict]) -> str:
 
 def plot(results: list[dict], out: str) -> None:
     """Speedup over dense-3072 against tokens, one line per variant and thread count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    most = max(r["threads"] for r in results)
+    curves = []
     for threads in sorted({r["threads"] for r in results}):
         rows = sorted((r for r in results if r["threads"] == threads), key=lambda r: r["tokens"])
-        tokens = [r["tokens"] for r in rows]
         for variant, style in zip(VARIANTS, ("o-", "s--", "^--", "v:", "d:"), strict=True):
-            if variant == BASELINE:
-                continue
-            speedup = [r["ms"][BASELINE] / r["ms"][variant] for r in rows]
-            ax.plot(
-                tokens,
-                speedup,
-                style,
-                label=f"{variant}, {threads} thread{'s' * (threads > 1)}",
-                alpha=1.0 if threads == max(r["threads"] for r in results) else 0.5,
-            )
-    ax.axhline(TARGET_SPEEDUP, color="gray", lw=0.8, ls="-.", label=f"target {TARGET_SPEEDUP:.0f}x")
-    ax.set(
-        xscale="log",
-        yscale="log",
-        xlabel="tokens",
-        ylabel="speedup over XLA dense 768-3072-768",
-        title=f"UltraFastBERT-1x11 FFF layer on CPU, float32, {results[0]['timing']} timing",
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+            if variant != BASELINE:
+                label = f"{variant}, {threads} thread{'s' * (threads > 1)}"
+                speedup = [r["ms"][BASELINE] / r["ms"][variant] for r in rows]
+                tokens = [r["tokens"] for r in rows]
+                curves.append(Curve(label, tokens, speedup, style, alpha=1.0 if threads == most else 0.5))
+    title = f"UltraFastBERT-1x11 FFF layer on CPU, float32, {results[0]['timing']} timing"
+    layer_ops.speedup_plot(curves, TARGET_SPEEDUP, title, out)
 
 
 def main(argv: list[str]) -> None:

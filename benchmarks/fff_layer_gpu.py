@@ -1,7 +1,8 @@
 """GPU part of the FFF layer benchmark: the Pallas kernel vs XLA's dense feedforward and the pure-JAX forms.
 
 UltraFastBERT-1x11 shapes (H=768, one tree of depth 11: 4095 nodes, 12 visited per token) against dense
-FFs 768->3072->768 (crammedBERT's) and 768->4095->768 (same width as the tree), bf16 and fp32.
+FFs 768->3072->768 (crammedBERT's) and 768->4095->768 (same width as the tree), bf16 and fp32; the ops and
+operands are benchmarks/layer_ops.py's.
 
 Timing (benchmarks/timing.py): each op runs many times inside one jitted ``lax.fori_loop``; every call's
 output feeds the next call's (tiny) bias through an optimization barrier, together with x, so calls cannot
@@ -10,7 +11,7 @@ L2. A loop turn (16 calls) pays one host-side predicate check of XLA's while loo
 small-T times are upper bounds. Reported: median over repeats of the time per call, the minimum bytes (x
 read, y written, weights read once) over that time, and the ratio to the measured device copy bandwidth.
 
-Run on the GPU machine from the repository root (benchmarks/gpu_env.sh sets up the imports):
+Run on the GPU machine from the repository root, `.whl` carried (benchmarks/gpu_env.sh installs the repo):
     source benchmarks/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
 """
 
@@ -27,45 +28,28 @@ import time
 
 import jax
 import jax.numpy as jnp
+import layer_ops
 import numpy as np
 import timing
 from jax import lax
+from layer_ops import DEPTH, Curve, fff_op
 from ufbert_jax.kernels import fff_pallas, fff_pallas_routed
 from ufbert_jax.kernels.pallas_math import Tiling
 
 from ufbert_jax import fff_math
 
-HIDDEN, DEPTH = 768, 11
 TOKENS = (1, 128, 2048, 16384, 65536)
 ROTATE = 4  # input sets: 4 x 25 MB of x at 16384 tokens bf16 exceeds the 60 MB L2
 CALLS_PER_TURN = 16  # calls per loop turn, cycling the input sets: amortises the turn's predicate sync
 TARGET_S = 0.05  # wall time of one timed loop
 
 
-def dense_ff(x, b1, w1, w2):
-    """XLA's dense FF: gelu(x w1 + b1) w2; x [T, H], w1 [H, W], b1 [W], w2 [W, H]."""
-    hidden = jnp.dot(x, w1, preferred_element_type=jnp.float32) + b1
-    activation = fff_math.gelu(hidden).astype(x.dtype)
-    return jnp.dot(activation, w2, preferred_element_type=jnp.float32).astype(x.dtype)
-
-
-def fff_op(impl):
-    """An FFF implementation with the small float32 operand (b_in) first: f(x, b_in, w_in, w_out)."""
-    return lambda x, b_in, w_in, w_out: impl(x, w_in, b_in, w_out)
-
-
 def operands(rng, tokens, dtype, width=None):
-    """ROTATE inputs x [T, H] and parameters: (b_in [K, N], w_in, w_out [K, N, H]) or dense (b1, w1, w2)."""
-    xs = [jnp.asarray(rng.standard_normal((tokens, HIDDEN)), dtype) for _ in range(ROTATE)]
+    """ROTATE inputs x [T, H] and parameters: the FFF's (b_in, w_in, w_out), or dense_ff's of that width."""
+    xs = layer_ops.inputs(rng, tokens, dtype, ROTATE)
     if width is None:
-        nodes = 2 ** (DEPTH + 1) - 1
-        w_in = jnp.asarray(rng.standard_normal((1, nodes, HIDDEN)) / np.sqrt(HIDDEN), dtype)
-        b_in = jnp.asarray(0.1 * rng.standard_normal((1, nodes)), jnp.float32)
-        w_out = jnp.asarray(0.02 * rng.standard_normal((1, nodes, HIDDEN)), dtype)
-        return xs, (b_in, w_in, w_out)
-    w1 = jnp.asarray(rng.standard_normal((HIDDEN, width)) / np.sqrt(HIDDEN), dtype)
-    w2 = jnp.asarray(0.02 * rng.standard_normal((width, HIDDEN)), dtype)
-    return xs, (jnp.zeros((width,), jnp.float32), w1, w2)
+        return xs, layer_ops.fff_params(rng, dtype)
+    return xs, layer_ops.dense_params(rng, width, dtype)
 
 
 def seconds_per_call(op, xs, params, repeats=5):
@@ -110,8 +94,8 @@ def variants():
     wave of programs, 2-3 per SM, DRAM 30% busy, warps waiting on loads. So the sweep varies how much each
     program keeps in flight (hidden chunk and pipeline depth), how many tokens share each weight row read
     (the tokens per program: at 64 tokens both steps read 2-3 KB of weights per token from the L2, more than
-    the 1.5 KB of x), and the split between routed top levels and subtree levels (S). Earlier sweeps' rows
-    (docs/results/) name their sizes.
+    the 1.5 KB of x), and the split between routed top levels and subtree levels (LS = sub_levels). The
+    rows of docs/results/fff_layer_gpu_routed_sweep.jsonl name their sizes.
     """
     sizes, tiling = fff_pallas.BlockSizes, Tiling
     previous = tiling(64, 4, 128, 2)  # both steps' tiling before the profile: 1 chunk in flight
@@ -193,8 +177,7 @@ def layer_table(rng, tokens_list, dtypes, sizes, log):
     """
     per_token = dataclasses.replace(sizes, routed_min_tokens=None)
     impls = {
-        "dense3072": (3072, dense_ff),
-        "dense4095": (4095, dense_ff),
+        **{name: (width, layer_ops.dense_ff) for name, width in layer_ops.DENSE_WIDTHS.items()},
         "conditional": (None, fff_op(fff_math.conditional)),
         "pallas": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=sizes))),
         "per_token": (None, fff_op(functools.partial(fff_pallas.fff_pallas, sizes=per_token))),
@@ -222,30 +205,20 @@ def layer_table(rng, tokens_list, dtypes, sizes, log):
 
 def plot(results, path):
     """Speedup over dense3072 vs tokens, one line per (implementation, dtype)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    base = {(r["dtype"], r["tokens"]): r["us"] for r in results if r["impl"] == "dense3072"}
+    base = {(r["dtype"], r["tokens"]): r["us"] for r in results if r["impl"] == layer_ops.BASELINE}
+    curves = []
     for dtype in sorted({r["dtype"] for r in results}):
         for impl in ("pallas", "per_token", "conditional", "dense4095"):
             points = sorted((r["tokens"], base[dtype, r["tokens"]] / r["us"]) for r in results
                             if r["impl"] == impl and r["dtype"] == dtype)  # fmt: skip
             if points:
-                ax.plot(*zip(*points, strict=True), marker="o", label=f"{impl} {dtype}")
-    ax.axhline(10, color="gray", linestyle="--", label="10x target")
-    ax.set(xscale="log", yscale="log", xlabel="tokens", ylabel="speedup over XLA dense FF 768-3072-768")
-    ax.set_title("UltraFastBERT-1x11 FFF layer on an H200")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+                tokens, speedup = zip(*points, strict=True)
+                curves.append(Curve(f"{impl} {dtype}", tokens, speedup))
+    layer_ops.speedup_plot(curves, 10.0, "UltraFastBERT-1x11 FFF layer on an H200", path)
 
 
 def print_table(results, bandwidth):
-    base = {(r["dtype"], r["tokens"]): r["us"] for r in results if r["impl"] == "dense3072"}
+    base = {(r["dtype"], r["tokens"]): r["us"] for r in results if r["impl"] == layer_ops.BASELINE}
     print(f"\ncopy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
     print(f"{'dtype':8s} {'tokens':>6s} {'impl':12s} {'us':>10s} {'vs 3072':>8s} {'TB/s':>6s} of copy")
     for r in results:

@@ -1,29 +1,34 @@
-# Source on the GPU machine (bash benchmarks/gpu_env.sh is wrong: source it) from the repository root.
-# The device machine has jax but no install of this repo: put the repo on PYTHONPATH and map the
-# top-level kernels/ folder to the package ufbert_jax.kernels (what pyproject's package-dir does), with a
-# sitecustomize meta-path finder, so `import ufbert_jax.kernels.fff_pallas` works as it does here.
-export UFBERT_REPO="$PWD"
-mkdir -p /tmp/ufbert_site
-cat > /tmp/ufbert_site/sitecustomize.py <<'PY'
-import importlib.abc
-import importlib.util
-import os
-
-
-class _KernelsFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name != "ufbert_jax.kernels":
-            return None
-        folder = os.path.join(os.environ["UFBERT_REPO"], "kernels")
-        return importlib.util.spec_from_file_location(
-            name, os.path.join(folder, "__init__.py"), submodule_search_locations=[folder]
-        )
-
-
-import sys  # noqa: E402
-
-sys.meta_path.insert(0, _KernelsFinder())
-PY
-export PYTHONPATH="/tmp/ufbert_site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# Installs this repository on the GPU machine the ordinary way. Source it from the repository root at the
+# start of every GPU command (`source benchmarks/gpu_env.sh`; running it with bash sets nothing up):
+#
+#     source benchmarks/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
+#
+# The GPU machine receives a plain copy of the working tree and reaches no package registry. Its python3
+# already holds jax 0.11.2, flax, optax, orbax-checkpoint, chex, tokenizers, safetensors, tqdm, matplotlib,
+# scipy, scikit-learn, pytest and hypothesis, but not grain, ml_collections or datasets. So:
+#   1. the wheels in the git-ignored .whl/ folder (name `.whl` in the run's `carry`) go into /tmp/site, which
+#      goes on PYTHONPATH: grain, ml_collections, datasets and those of their needs the machine lacks;
+#   2. the repository itself is installed editable, as `make` does here (without its dependencies, which
+#      would need the registry, and with the machine's setuptools instead of an isolated build), so
+#      `import ufbert_jax` and `import ufbert_jax.kernels` resolve as on a user's machine.
+#
+# Fill .whl/ once on the development machine, from the repository root (versions as in .venv):
+#
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#         --platform manylinux2014_x86_64 -d .whl \
+#         grain==0.2.18 array_record==0.8.6 dm-tree==0.1.10 portpicker==1.6.0 importlib_resources==7.1.0 \
+#         ml_collections==1.1.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19
+#
+# (5.5 MB; the GPU machine already has the rest of their Requires-Dist: absl-py, etils, cloudpickle,
+# protobuf, attrs, wrapt, psutil, pyarrow, pandas, xxhash, fsspec, huggingface-hub, pyyaml.)
+if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || return 1
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+else
+    echo "gpu_env.sh: no .whl/*.whl here (name .whl in carry): grain, ml_collections, datasets are missing" >&2
+fi
+python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation -e . || return 1
 export PYTHONUNBUFFERED=1
-python3 -c 'import ufbert_jax.kernels.fff_pallas, jax; print("env ok:", jax.__version__, jax.devices())'
+(cd /tmp && python3 -c 'import jax, ufbert_jax.kernels.fff_pallas as k; print("env ok:", jax.__version__, jax.devices(), k.__file__)')

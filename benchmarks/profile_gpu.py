@@ -5,7 +5,7 @@ profiled (ncu --profile-from-start off), so XLA's autotuning and the Triton comp
 
 Run on the GPU machine from the repository root (ncu's default cache control flushes the caches before
 each kernel, so every kernel reads its inputs from HBM; --clock-control none keeps the clocks as they run):
-    source benchmarks/gpu_env.sh
+    source benchmarks/gpu_env.sh   # with .whl carried
     ncu --profile-from-start off --clock-control none --set full -o $OUT/fff \
         python3 benchmarks/profile_gpu.py --tokens 16384
     ncu -i $OUT/fff.ncu-rep --page details > $OUT/fff_details.txt
@@ -22,6 +22,7 @@ import sys
 import fff_layer_gpu as layer
 import jax
 import jax.numpy as jnp
+import layer_ops
 import numpy as np
 from ufbert_jax.kernels import fff_pallas
 
@@ -46,10 +47,10 @@ def op(name: str):
     """(op(x, *params), dense width or None) for an implementation name of IMPLS."""
     sizes = fff_pallas.BlockSizes()
     if name == "dense3072":
-        return layer.dense_ff, 3072
+        return layer_ops.dense_ff, layer_ops.DENSE_WIDTHS[name]
     if name == "per_token":
         sizes = dataclasses.replace(sizes, routed_min_tokens=None)
-    return layer.fff_op(functools.partial(fff_pallas.fff_pallas, sizes=sizes)), None
+    return layer_ops.fff_op(functools.partial(fff_pallas.fff_pallas, sizes=sizes)), None
 
 
 def main(argv=None):

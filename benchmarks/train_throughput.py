@@ -33,7 +33,7 @@ from ufbert_jax.train import metrics, optim
 from ufbert_jax.train.steps import train_step
 
 MODELS = ("crammedbert-3072", "ultrafastbert-1x11:masked", "ultrafastbert-1x11:auto")
-TINY = dict(vocab_size=512, hidden=64, layers=2, heads=4, ff_width=128, fff_depth=3)
+TINY = {"crammedbert-3072": "tiny-dense", "ultrafastbert-1x11": "tiny-fff"}  # --tiny: config.TINY_PRESETS
 
 
 def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -> dict[str, jax.Array]:
@@ -48,9 +48,9 @@ def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: i
 
 
 def measure(name: str, args) -> dict:
-    overrides = dict(TINY) if args.tiny else {}
     preset_name, _, impl = name.partition(":")
-    cfg = preset(preset_name, dtype=args.dtype, fff_impl=impl or "auto", **overrides)
+    preset_name = TINY.get(preset_name, preset_name) if args.tiny else preset_name
+    cfg = preset(preset_name, dtype=args.dtype, fff_impl=impl or "auto")
     seq_len = min(args.seq_len, cfg.max_len)
     model = MaskedLM(cfg, nnx.Rngs(0))
     model.eval()  # pretraining runs without dropout

@@ -48,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.max_len = 128
     config.buckets = (32, 64, 128)  # padded lengths: one compiled shape each (max_len is always added)
     config.max_train_examples = 0  # > 0: a seeded random subset of each training set (smoke runs)
-    config.fff_impl = "auto"  # the fastest forward for evaluation; fine-tuning differentiates the masked form
+    config.fff_impl = "auto"  # the fastest forward for evaluation, the fastest training form for fine-tuning
     config.seed = 0
 
     # Per task, every recipe field as an unset placeholder (None: the top-level value applies), so each

@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(
         dict(
             model="ultrafastbert-1x11",
-            model_overrides=dict(dtype="bfloat16", fff_impl="masked"),
+            model_overrides=dict(dtype="bfloat16", fff_impl="auto"),
             data=dict(
                 sources=("data/sample",),
                 shard_dir="runs/shards/sample-32768",

@@ -1,4 +1,4 @@
-"""An independent float64 NumPy implementation of the ORIGINAL UltraFastBERT, written from the facts sheet.
+"""An independent float64 NumPy implementation of the ORIGINAL UltraFastBERT, from docs/architecture.md.
 
 It reads a state dict with the original PyTorch key names and layouts (Linear weights [out, in], FFF rows
 tree-major in one [K*N, H] matrix, the fused QKV per-head interleaved) and shares no code with ufbert_jax.

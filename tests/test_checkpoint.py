@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from tests.test_model import randomise
+from tests.helpers import randomise
 from ufbert_jax import checkpoint, config, model, state_dict
 
 

@@ -25,7 +25,7 @@ from flax import nnx
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 
 from tests import reference_numpy as ref
-from tests.test_model import tokens_and_mask
+from tests.helpers import tokens_and_mask
 from ufbert_jax import checkpoint, config, convert, inference, model, state_dict
 from ufbert_jax.data.tokenizer import SpecialIds
 

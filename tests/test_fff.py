@@ -9,51 +9,14 @@ import numpy as np
 import pytest
 
 from tests import reference_numpy as ref
+from tests.helpers import MARGIN, TOL, draw, draw_clear, reference
 from ufbert_jax import fff, fff_math
-
-# Tokens whose on-path logit (float64, on the operands as the dtype holds them) is closer to 0 than this may
-# route differently under float32 accumulation; every implementation accumulates logits in float32.
-MARGIN = 1e-3
-TOL = {jnp.float32: 2e-5, jnp.bfloat16: 3e-2}
-
-
-def draw(rng, trees, depth, hidden, lead=(7,)):
-    """Fresh FFF operands (float32 numpy): x [*lead, H], w_in/w_out [K, N, H], b_in [K, N]."""
-    nodes = 2 ** (depth + 1) - 1
-    x = rng.standard_normal((*lead, hidden)).astype(np.float32)
-    w_in = (rng.standard_normal((trees, nodes, hidden)) / np.sqrt(hidden)).astype(np.float32)
-    b_in = (0.3 * rng.standard_normal((trees, nodes))).astype(np.float32)
-    w_out = rng.standard_normal((trees, nodes, hidden)).astype(np.float32)
-    return x, w_in, b_in, w_out
-
-
-def reference(x, w_in, b_in, w_out):
-    """float64 NumPy reference in the original layout: ([T, H], visited [T, K, L], path margin [T])."""
-    trees, nodes, hidden = w_in.shape
-    flat = np.asarray(x, np.float64).reshape(-1, hidden)
-    y, visited = ref.fff_forward(
-        flat,
-        np.asarray(w_in, np.float64).reshape(trees * nodes, hidden),
-        np.asarray(b_in, np.float64).reshape(-1),
-        np.asarray(w_out, np.float64).reshape(trees * nodes, hidden).T,
-        trees,
-    )
-    logits = np.einsum("th,knh->tkn", flat, np.asarray(w_in, np.float64)) + np.asarray(b_in, np.float64)
-    on_path = np.take_along_axis(logits, visited, axis=-1)  # [T, K, L]
-    return y, visited, np.abs(on_path).min(axis=(1, 2))
-
-
-def unambiguous(x, w_in, b_in, margin=MARGIN):
-    """x with the tokens whose routing is within rounding of a tie removed (flattened to [T, H])."""
-    flat = np.asarray(x, np.float32).reshape(-1, x.shape[-1])
-    _, _, path_margin = reference(flat, w_in, b_in, w_in)
-    return flat[path_margin > margin]
 
 
 @pytest.mark.parametrize("impl", ["masked", "conditional", "sparse"])
 @pytest.mark.parametrize("trees,depth,hidden", [(1, 0, 8), (1, 3, 16), (3, 2, 32), (2, 5, 24), (1, 11, 16)])
 def test_matches_float64_reference(rng, impl, trees, depth, hidden):
-    x, w_in, b_in, w_out = draw(rng, trees, depth, hidden, lead=(3, 11))
+    x, w_in, b_in, w_out = draw_clear(rng, trees, depth, hidden, lead=(3, 11))
     expected, _, path_margin = reference(x, w_in, b_in, w_out)
     got = np.asarray(jax.jit(fff.apply, static_argnames="impl")(x, w_in, b_in, w_out, impl=impl))
     assert got.shape == x.shape
@@ -95,8 +58,7 @@ def assert_equal_to_rounding(masked, other, dtype):
 @pytest.mark.parametrize("trees,depth,hidden,dtype,lead", COMBOS)
 def test_outputs_and_gradients_equal_the_masked_form(rng, impl, trees, depth, hidden, dtype, lead):
     # The values the dtype can hold, so that the float64 routing check sees what the kernels see.
-    x, w_in, b_in, w_out = (a.astype(dtype).astype(np.float32) for a in draw(rng, trees, depth, hidden, lead))
-    x = unambiguous(x, w_in, b_in)
+    x, w_in, b_in, w_out = draw_clear(rng, trees, depth, hidden, lead, dtype, dtype)
     args = (jnp.asarray(x, dtype), jnp.asarray(w_in, dtype), jnp.asarray(b_in), jnp.asarray(w_out, dtype))
     cotangent = jnp.asarray(rng.standard_normal(x.shape), dtype)
     assert_equal_to_rounding(*masked_and(impl, args, cotangent), dtype)
@@ -114,11 +76,7 @@ SPARSE_COMBOS = [
 @pytest.mark.parametrize("trees,depth,dtype,tokens", SPARSE_COMBOS)
 def test_sparse_gradients_equal_masked_with_padding_tokens(rng, trees, depth, dtype, tokens):
     """Padded positions (their cotangent rows zero, as a loss that ignores them gives) and ragged T."""
-    drawn = draw(rng, trees, depth, 24, lead=(tokens + 24,))
-    x, w_in, b_in, w_out = (a.astype(dtype).astype(np.float32) for a in drawn)
-    x = unambiguous(x, w_in, b_in)
-    assert len(x) >= tokens, f"only {len(x)} of {tokens + 24} tokens route unambiguously"
-    x = x[:tokens]
+    x, w_in, b_in, w_out = draw_clear(rng, trees, depth, 24, (tokens,), dtype, dtype)
     args = (jnp.asarray(x, dtype), jnp.asarray(w_in, dtype), jnp.asarray(b_in), jnp.asarray(w_out, dtype))
     cotangent = rng.standard_normal(x.shape)
     cotangent[len(x) // 2 :] = 0.0  # the second half of the tokens are padding
@@ -127,8 +85,7 @@ def test_sparse_gradients_equal_masked_with_padding_tokens(rng, trees, depth, dt
 
 def test_path_vjp_equals_the_float64_reference_gradients(rng):
     """path_vjp against gradients written out in float64 NumPy from the path (an independent derivation)."""
-    x, w_in, b_in, w_out = draw(rng, 2, 4, 12, lead=(40,))
-    x = unambiguous(x, w_in, b_in)
+    x, w_in, b_in, w_out = draw_clear(rng, 2, 4, 12, lead=(40,))
     g = rng.standard_normal(x.shape)
     _, visited, _ = reference(x, w_in, b_in, w_out)
     _, nodes, logits = fff_math.conditional_with_path(x, w_in, b_in, w_out)
@@ -152,12 +109,7 @@ def test_path_vjp_equals_the_float64_reference_gradients(rng):
 @pytest.mark.parametrize("impl", ["masked", "conditional", "sparse", "auto"])
 def test_gradients_match_float64_finite_differences(rng, impl):
     """jax.grad of sum(y * c) equals the float64 reference's central differences (routing held fixed)."""
-    # A token passes the 0.05 margin on all 8 on-path logits with probability about 0.7: draw 32 so that
-    # at least 4 pass (failing that is about 1e-12 likely), then keep 4 to keep the test fast.
-    x, w_in, b_in, w_out = draw(rng, 2, 3, 8, lead=(32,))
-    x = unambiguous(x, w_in, b_in, 0.05)
-    assert len(x) >= 4, f"only {len(x)} of 32 tokens route unambiguously"
-    x = x[:4]
+    x, w_in, b_in, w_out = draw_clear(rng, 2, 3, 8, lead=(4,), margin=0.05)  # finite differences of 1e-4
     c = rng.standard_normal(x.shape)
 
     def loss64(x_, w_in_, b_in_, w_out_):
@@ -181,7 +133,7 @@ def test_gradients_match_float64_finite_differences(rng, impl):
 
 @pytest.mark.parametrize("impl", ["masked", "conditional", "sparse", "auto"])
 def test_off_path_nodes_get_exactly_zero_gradient(rng, impl):
-    x, w_in, b_in, w_out = draw(rng, 2, 4, 16, lead=(3,))
+    x, w_in, b_in, w_out = draw_clear(rng, 2, 4, 16, lead=(3,))
     _, visited, _ = reference(x, w_in, b_in, w_out)
     on_path = np.zeros(b_in.shape, bool)
     for k in range(w_in.shape[0]):
@@ -195,7 +147,7 @@ def test_off_path_nodes_get_exactly_zero_gradient(rng, impl):
 
 @pytest.mark.parametrize("trees,depth", [(1, 0), (1, 4), (3, 3), (2, 11)])
 def test_paths_are_root_to_leaf_chains_matching_reference(rng, trees, depth):
-    x, w_in, b_in, w_out = draw(rng, trees, depth, 16, lead=(4, 5))
+    x, w_in, b_in, w_out = draw_clear(rng, trees, depth, 16, lead=(4, 5))
     path = np.asarray(fff.paths(x, w_in, b_in))
     assert path.shape == (4, 5, trees, depth + 1) and path.dtype == np.int32
     assert np.all(path[..., 0] == 0)
@@ -229,7 +181,7 @@ def test_zero_and_nan_logits_route_left_positive_right(rng):
 
 
 def test_jit_and_vmap_over_inputs_and_weights(rng):
-    x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(4, 6))
+    x, w_in, b_in, w_out = draw_clear(rng, 2, 3, 16, lead=(4, 6))
     for impl in ("masked", "conditional", "sparse", "auto"):
         apply = jax.jit(lambda *a, impl=impl: fff.apply(*a, impl=impl))
         expected = apply(x, w_in, b_in, w_out)
@@ -243,8 +195,7 @@ def test_jit_and_vmap_over_inputs_and_weights(rng):
 
 
 def test_per_example_gradients_under_vmap_equal_masked(rng):
-    x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(40,))
-    x = unambiguous(x, w_in, b_in)[:24].reshape(4, 6, 16)  # [B, T, H]
+    x, w_in, b_in, w_out = draw_clear(rng, 2, 3, 16, lead=(4, 6))  # [B, T, H]
 
     def per_example(impl):
         loss = lambda x_, *w: (fff.apply(x_, *w, impl=impl) ** 2).sum()  # noqa: E731
@@ -256,12 +207,13 @@ def test_per_example_gradients_under_vmap_equal_masked(rng):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * np.abs(np.asarray(a)).max())
 
 
-def test_auto_differentiates_through_the_platforms_training_form(rng):
-    """On CPU, 'auto' under jax.grad is the sparse form (its forward the fastest inference kernel)."""
-    x, w_in, b_in, w_out = draw(rng, 2, 3, 16, lead=(9,))
+@pytest.mark.parametrize("depth,form", [(3, "masked"), (fff.CPU_SPARSE_MIN_DEPTH, "sparse")])
+def test_auto_differentiates_through_the_platforms_training_form(rng, depth, form):
+    """On CPU, 'auto' under jax.grad is the sparse form for deep trees, the masked form for shallow ones."""
+    x, w_in, b_in, w_out = draw_clear(rng, 2, depth, 16, lead=(9,))
     grad = jax.grad(lambda *a, impl: fff.apply(*a, impl=impl).sum(), argnums=(0, 1, 2, 3))
     for a, b in zip(
-        grad(x, w_in, b_in, w_out, impl="auto"), grad(x, w_in, b_in, w_out, impl="sparse"), strict=True
+        grad(x, w_in, b_in, w_out, impl="auto"), grad(x, w_in, b_in, w_out, impl=form), strict=True
     ):
         np.testing.assert_array_equal(a, b)
 

@@ -2,7 +2,7 @@
 
 Every test draws fresh random operands (the `rng` fixture prints its seed; UFBERT_TEST_SEED replays one).
 Tokens whose on-path logit is within rounding of 0 may route differently in two correct implementations,
-so comparisons drop them first (tests.test_fff.unambiguous).
+so the draws hold none (tests.helpers.draw_clear).
 """
 
 import os
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ufbert_jax.kernels import fff_cpu
 
 from tests import reference_numpy as ref
-from tests.test_fff import MARGIN, TOL, draw, reference, unambiguous
+from tests.helpers import MARGIN, TOL, draw, draw_clear, reference, unambiguous
 from ufbert_jax import fff, fff_math
 
 pytestmark = pytest.mark.skipif(not fff_cpu.is_available(), reason=fff_cpu.unavailable_reason())
@@ -28,11 +28,8 @@ conditional = jax.jit(fff_math.conditional)
 
 
 def operands(rng, trees, depth, hidden, tokens, dtype, bias_dtype=jnp.float32):
-    """Fresh operands, near-tie tokens removed: x [T', H], w_in/w_out [K, N, H] (dtype), b_in [K, N]."""
-    x, w_in, b_in, w_out = draw(rng, trees, depth, hidden, lead=(tokens,))
-    as_weights = np.asarray(jnp.asarray(w_in, dtype).astype(jnp.float32))
-    as_bias = np.asarray(jnp.asarray(b_in, bias_dtype).astype(jnp.float32))
-    x = unambiguous(np.asarray(jnp.asarray(x, dtype).astype(jnp.float32)), as_weights, as_bias, MARGIN)
+    """Fresh operands clear of routing ties: x [T, H], w_in/w_out [K, N, H] (dtype), b_in [K, N]."""
+    x, w_in, b_in, w_out = draw_clear(rng, trees, depth, hidden, (tokens,), dtype, bias_dtype)
     return (
         jnp.asarray(x, dtype),
         jnp.asarray(w_in, dtype),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ufbert_jax.kernels import fff_pallas, pallas_math
 
-from tests.test_fff import TOL, draw, unambiguous
+from tests.helpers import TOL, clear_tokens, draw_clear
 from ufbert_jax import fff, fff_math
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -44,11 +44,8 @@ BOTH = [pytest.param(PER_TOKEN, id="per_token"), pytest.param(ROUTED, id="routed
 
 
 def operands(rng, trees, depth, hidden, tokens, dtype):
-    """(x [T', H], w_in, b_in, w_out) in `dtype` (b_in float32), tokens near a routing tie removed."""
-    # The values the dtype can hold, so that the float64 routing check sees what the kernel sees.
-    drawn = draw(rng, trees, depth, hidden, lead=(tokens,))
-    x, w_in, b_in, w_out = (a.astype(dtype).astype(np.float32) for a in drawn)
-    x = unambiguous(x, w_in, b_in)
+    """(x [T, H], w_in, b_in, w_out) in `dtype` (b_in float32), every token clear of routing ties."""
+    x, w_in, b_in, w_out = draw_clear(rng, trees, depth, hidden, (tokens,), dtype, dtype)
     return jnp.asarray(x, dtype), jnp.asarray(w_in, dtype), jnp.asarray(b_in), jnp.asarray(w_out, dtype)
 
 
@@ -98,9 +95,10 @@ class TestFffPallasGpu:
 
     def test_routed_with_every_token_in_one_subtree(self, rng):
         """Skewed routing: one subtree gets all tokens (many tiles), every other subtree none."""
-        x, w_in, b_in, w_out = operands(rng, 1, 6, 32, 150, jnp.float32)
+        _, w_in, b_in, w_out = draw_clear(rng, 1, 6, 32, (0,))
         top_nodes = 2 ** (6 + 1 - ROUTED.sub_levels) - 1
-        b_in = b_in.at[:, :top_nodes].set(-1e3)  # every top logit negative: all tokens turn left
+        b_in[:, :top_nodes] = -1e3  # every top logit negative: all tokens turn left
+        x = clear_tokens(rng, (150,), w_in, b_in)  # clear of ties in the subtree they now reach
         assert_close(self.kernel(x, w_in, b_in, w_out, sizes=ROUTED), reference(x, w_in, b_in, w_out), F32)
 
     @pytest.mark.slow
@@ -145,9 +143,10 @@ class TestFffPallasGpu:
 
     def test_train_gradients_with_every_token_in_one_subtree(self, rng):
         """Skewed routing: one bucket takes many runs of tokens; every other bucket's rows get zero."""
-        x, w_in, b_in, w_out = operands(rng, 1, 6, 32, 150, jnp.float32)
+        _, w_in, b_in, w_out = draw_clear(rng, 1, 6, 32, (0,))
         top_nodes = 2 ** (6 + 1 - ROUTED.sub_levels) - 1
-        b_in = b_in.at[:, :top_nodes].set(-1e3)  # every top logit negative: all tokens turn left
+        b_in[:, :top_nodes] = -1e3  # every top logit negative: all tokens turn left
+        x = clear_tokens(rng, (150,), w_in, b_in)  # clear of ties in the subtree they now reach
         cotangent = jnp.asarray(rng.standard_normal(x.shape), jnp.float32)
         got, want = self.train_vjp((x, w_in, b_in, w_out), cotangent, ROUTED)
         for g, w in zip(got, want, strict=True):

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
+from tests.helpers import tokens_and_mask
 from tests.test_convert import original_state_dict, small_arch, write_original
-from tests.test_model import tokens_and_mask
 from ufbert_jax import convert, inference
 from ufbert_jax.data.tokenizer import SpecialIds, encode_texts
 

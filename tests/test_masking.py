@@ -123,7 +123,9 @@ def test_positions_and_treatments_uniform_over_eligible(masker):
     batch = 3000
     tokens = random_tokens(rng, special, batch=1, special_fraction=0.0).repeat(batch, axis=0)
     tokens[:, ::8] = special.sep  # the same 16 ineligible positions in every row: 112 eligible
-    seed = int(rng.integers(2**31))
+    # One fixed masking seed: a chi-square test at p > 1e-4 rejects 1 in 10^4 seeds by design, so a
+    # drawn seed would make this test fail by chance.
+    seed = 20261201
     if masker == "sequences":
         out = mask_sequences(seed, tokens, special, V)
     else:

@@ -23,8 +23,8 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ufbert_jax import io
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.files import write_atomically
 from ufbert_jax.model import MaskedLM
 
 FORMAT = "ufbert-jax/1"
@@ -36,7 +36,7 @@ CHECKPOINT_DIR = "checkpoints"
 def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
     """Writes workdir/model.json (atomically: a crash leaves the old file or the new one)."""
     text = json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n"
-    write_atomically(Path(workdir) / CONFIG_FILE, text)
+    io.write_text(Path(workdir) / CONFIG_FILE, text)
 
 
 def load_config(workdir: str | Path) -> ModelConfig:
@@ -44,10 +44,7 @@ def load_config(workdir: str | Path) -> ModelConfig:
     path = Path(workdir) / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a ufbert-jax workdir")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}): a damaged or truncated model.json") from error
+    data = io.read_json(path)  # a damaged file: FileFormatError (a ValueError) naming it
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else data
         raise ValueError(f"{path}: format {found!r}, expected {FORMAT!r}")

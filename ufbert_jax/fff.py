@@ -68,17 +68,28 @@ def _cpu_forward() -> Impl:
     return fff_math.conditional
 
 
+# On CPU the sparse form trains faster than the masked one from this depth on (forward + backward, float32,
+# 2 threads, benchmarks/fff_train_layer.py: 0.89x at D=7, 6.8x at D=11 with H=768; 0.70x at D=5, H=128).
+CPU_SPARSE_MIN_DEPTH = 8
+
+
+def _cpu_training(x, w_in, b_in, w_out):
+    """The sparse form for deep trees, the masked form for shallow ones (where its dense products win)."""
+    deep = fff_math.depth_from_nodes(w_in.shape[1]) >= CPU_SPARSE_MIN_DEPTH
+    return (fff_math.sparse if deep else fff_math.masked)(x, w_in, b_in, w_out)
+
+
 def _training(platform: str) -> Impl:
-    """The fastest exact training form per platform (benchmarks/fff_layer.py measures them).
+    """The fastest exact training form per platform (benchmarks/fff_train_layer.py measures them).
 
     GPU: the Pallas training kernels where they apply (one tree, bfloat16, enough tokens), else the masked
-    form. CPU: the sparse form (a path-only backward beats the dense masked form there). Elsewhere (TPU):
-    the masked form.
+    form. CPU: the sparse form for trees of depth >= CPU_SPARSE_MIN_DEPTH, else the masked form.
+    Elsewhere (TPU): the masked form.
     """
     if platform == "gpu":
         return fff_pallas.fff_pallas_train
     if platform == "cpu":
-        return fff_math.sparse
+        return _cpu_training
     return fff_math.masked
 
 
@@ -120,9 +131,9 @@ def resolve_impl(impl: str, platform: str | None = None) -> Impl:
 
     "auto": without gradient the platform's fastest forward (GPU: Pallas kernels; CPU: the custom call, or
     the conditional form where it cannot be built; elsewhere: masked); under differentiation the fastest
-    exact training form (GPU: the Pallas training kernels where they apply, else masked; CPU: sparse;
-    elsewhere: masked). "pallas" and "cpu" differentiate through the Pallas training kernels and the
-    sparse form.
+    exact training form (GPU: the Pallas training kernels where they apply, else masked; CPU: sparse for
+    deep trees, else masked; elsewhere: masked). "pallas" and "cpu" differentiate through the Pallas
+    training kernels and the sparse form.
     """
     return _resolve(check_impl(impl), platform or jax.default_backend())
 

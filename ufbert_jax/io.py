@@ -53,6 +53,8 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     try:
         with open(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename, so a power loss cannot leave an empty file
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)

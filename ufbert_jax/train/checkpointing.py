@@ -27,8 +27,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from ufbert_jax import checkpoint as ckpt
+from ufbert_jax import io
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.files import copy_atomically
 from ufbert_jax.model import MaskedLM
 
 log = logging.getLogger("ufbert_jax.train")
@@ -262,4 +262,4 @@ def prepare_workdir(workdir: Path, model_cfg: ModelConfig, tokenizer: Path) -> N
     if not (workdir / ckpt.CONFIG_FILE).is_file():
         ckpt.save_config(workdir, model_cfg.replace(fff_impl="auto"))
     if ckpt.tokenizer_path(workdir).resolve() != tokenizer.resolve():
-        copy_atomically(tokenizer, ckpt.tokenizer_path(workdir))
+        io.write_bytes(ckpt.tokenizer_path(workdir), Path(tokenizer).read_bytes())

@@ -11,8 +11,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ufbert_jax import io
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.files import write_atomically
 
 log = logging.getLogger("ufbert_jax.train")
 
@@ -158,7 +158,7 @@ class MetricsLog:
         records, bad = self._read()
         kept = [record for record in records if record["step"] <= step]
         if bad or len(kept) < len(records):
-            write_atomically(self.path, "".join(json.dumps(record) + "\n" for record in kept))
+            io.write_text(self.path, "".join(json.dumps(record) + "\n" for record in kept))
 
     def write(self, record: dict) -> None:
         if not self.enabled:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
+from io import BytesIO
 from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from ufbert_jax.files import write_atomically
+from ufbert_jax import io
 
 PLOT_FILE = "loss.png"
 
@@ -26,6 +26,6 @@ def plot_losses(records: list[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png = io.BytesIO()
+    png = BytesIO()
     fig.savefig(png, format="png", dpi=120)
-    write_atomically(path, png.getvalue())
+    io.write_bytes(path, png.getvalue())
