@@ -174,17 +174,20 @@ def test_fully_padded_sequence_matches_float64_original(rng):
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
 
 
-def test_the_dropout_path_is_the_fused_attention_without_dropout(rng):
+def test_the_written_out_softmax_is_jax_dot_product_attention(rng):
+    """The XLA path (and, under dropout, every path) against jax.nn.dot_product_attention, which the cuDNN
+    path calls; a fully padded row included."""
     cfg = config.ModelConfig(**SMALL, dropout=0.1)
     attn = model.SelfAttention(cfg, nnx.Rngs(0))
     attn.eval()
-    h = jnp.asarray(rng.standard_normal((3, 12, cfg.hidden)), jnp.float32)
+    q, k, v = (jnp.asarray(rng.standard_normal((3, 12, cfg.heads, cfg.head_dim)), jnp.float32) for _ in "qkv")
     _, mask = tokens_and_mask(rng, cfg)
     mask[2] = 0
     keep = model.key_mask(jnp.asarray(mask))
-    qkv = attn.query_key_value(h).reshape(3, 12, cfg.heads, 3 * cfg.head_dim)
-    written_out = attn.dense(attn._attention_with_dropout(*jnp.split(qkv, 3, axis=-1), keep).reshape(h.shape))
-    np.testing.assert_allclose(attn(h, keep), written_out, atol=1e-6, rtol=1e-5)
+    fused = jax.nn.dot_product_attention(
+        q, k, v, mask=jnp.broadcast_to(keep[:, None, None, :], (3, 1, 12, 12)), implementation="xla"
+    )
+    np.testing.assert_allclose(attn._attention(q, k, v, keep), fused, atol=1e-6, rtol=1e-5)
 
 
 def test_attention_impl_is_chosen_in_one_place():
