@@ -54,7 +54,7 @@ def assert_equal_to_rounding(masked, other, dtype):
         assert np.abs(a - b).max() <= TOL[dtype] * scale, (name, np.abs(a - b).max())
 
 
-@pytest.mark.parametrize("impl", ["conditional", "sparse"])
+@pytest.mark.parametrize("impl", ["conditional", pytest.param("sparse", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("trees,depth,hidden,dtype,lead", COMBOS)
 def test_outputs_and_gradients_equal_the_masked_form(rng, impl, trees, depth, hidden, dtype, lead):
     # The values the dtype can hold, so that the float64 routing check sees what the kernels see.

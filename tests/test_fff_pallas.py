@@ -27,6 +27,8 @@ SLOW_CASES = [(1, 0, 16, 5, BF16), (3, 1, 32, 21, F32), (1, 11, 32, 19, BF16)]
 # The routed kernel (one tree) with S = 4: U = D - 3 top levels from 1 to the maximum 8; T from one token to
 # several tiles per subtree; H padded (24) and not.
 ROUTED_CASES = [(1, 4, 16, 5, F32), (1, 5, 32, 300, BF16), (1, 6, 24, 37, F32), (1, 11, 32, 200, F32)]
+# The training kernels' default cases (the rest are slow): bfloat16 with several runs per bucket, and 1x11.
+TRAIN_CASES = (1, 3)
 ROUTED_SLOW_CASES = [(1, 5, 32, 300, F32), (1, 11, 32, 200, BF16), (1, 8, 64, 1000, BF16)]
 DEFAULT_SIZES_CASES = [(1, 11, 768, 300), (1, 11, 768, 8200), (2, 7, 40, 130), (4, 3, 128, 64)]
 # Small tiles: few tokens still take several programs and every path. The routed steps take different
@@ -128,7 +130,15 @@ class TestFffPallasGpu:
 
     @pytest.mark.parametrize(
         "trees,depth,hidden,tokens,dtype",
-        [*ROUTED_CASES, *(pytest.param(*case, marks=pytest.mark.slow) for case in ROUTED_SLOW_CASES)],
+        [
+            *(ROUTED_CASES[i] for i in TRAIN_CASES),
+            *(
+                pytest.param(*case, marks=pytest.mark.slow)
+                for i, case in enumerate(ROUTED_CASES)
+                if i not in TRAIN_CASES
+            ),
+            *(pytest.param(*case, marks=pytest.mark.slow) for case in ROUTED_SLOW_CASES),
+        ],
     )
     def test_train_gradients_equal_the_masked_form(self, rng, trees, depth, hidden, tokens, dtype):
         args = operands(rng, trees, depth, hidden, tokens, dtype)
