@@ -123,6 +123,14 @@ def _path_grads_kernel(counts_ref, members_ref, top_logits_ref, sub_logits_ref, 
         lax.fori_loop(0, chunks, store_chunk, 0)
 
 
+def _zero_sums(width: int, block_hidden: int) -> tuple:
+    """Zero (dw_in sub, dw_out sub, dw_in top, dw_out top, db sub, db top) sums: [SW, HC] x 2, [AW, HC] x 2,
+    [SW], [AW] float32, the carry of steps 2 and 3."""
+    sub = jnp.zeros((width, block_hidden), jnp.float32)
+    top = jnp.zeros((TOP_COLUMNS, block_hidden), jnp.float32)
+    return sub, sub, top, top, jnp.zeros((width,), jnp.float32), jnp.zeros((TOP_COLUMNS,), jnp.float32)
+
+
 def _weight_grads_kernel(counts_ref, members_ref, x_ref, g_ref, dz_sub_ref, act_sub_ref, dz_top_ref,
                          act_top_ref, in_ref, out_ref, db_ref, *, top_levels, sub_levels, tile_tokens,
                          block_hidden):  # fmt: skip
@@ -160,9 +168,7 @@ def _weight_grads_kernel(counts_ref, members_ref, x_ref, g_ref, dz_sub_ref, act_
 
     @pl.when(bucket < buckets)
     def _():
-        sub = jnp.zeros((width, block_hidden), jnp.float32)
-        top = jnp.zeros((TOP_COLUMNS, block_hidden), jnp.float32)
-        zeros = (sub, sub, top, top, jnp.zeros((width,), jnp.float32), jnp.zeros((TOP_COLUMNS,), jnp.float32))
+        zeros = _zero_sums(width, block_hidden)
         runs = (count + tile_tokens - 1) // tile_tokens
         in_sub, out_sub, in_top, out_top, db_sub, db_top = lax.fori_loop(0, runs, add_run, zeros)
         base = item * (width + TOP_COLUMNS)
@@ -210,9 +216,7 @@ def _gradient_rows_kernel(counts_ref, in_part_ref, out_part_ref, db_part_ref, dw
             db_top + db_part_ref[top_rows],
         )
 
-    sub = jnp.zeros((width, block_hidden), jnp.float32)
-    top = jnp.zeros((TOP_COLUMNS, block_hidden), jnp.float32)
-    zeros = (sub, sub, top, top, jnp.zeros((width,), jnp.float32), jnp.zeros((TOP_COLUMNS,), jnp.float32))
+    zeros = _zero_sums(width, block_hidden)
     in_sub, out_sub, in_top, out_top, db_sub, db_top = lax.fori_loop(0, pick(items, bucket), add_item, zeros)
     # The idle last column is no node: its (zero) row goes to row 0, which backward overwrites with the top
     # rows (a masked store would do on a GPU, but the interpreter stores masked lanes' old values).
