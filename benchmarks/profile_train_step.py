@@ -5,7 +5,7 @@ warmed up first; then a few steps run under ``jax.profiler.trace`` and the trace
 ``jax.profiler.ProfileData``: device ops grouped by name (XLA's fusion numbers dropped), ms per step and
 share, and the FFF kernels' share. Runs anywhere (on CPU the host's XLA ops); on the GPU machine:
     python3 benchmarks/profile_train_step.py --model ultrafastbert-1x11:auto --out $OUT/profile
-Imports jax, flax, optax, numpy and this package only.
+On the GPU machine after `source reproduce/gpu_env.sh` (the trainer's imports travel as wheels).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import train_throughput
 from flax import nnx
 
 from ufbert_jax.config import preset
-from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import optim
+from ufbert_jax.train import loop, optim
+from ufbert_jax.train import mesh as mesh_lib
 from ufbert_jax.train.steps import train_step
 
 
@@ -33,17 +33,16 @@ def trace_steps(model_name: str, batch: int, steps: int, out: Path, tiny: bool) 
     preset_name, _, impl = model_name.partition(":")
     overrides = dict(train_throughput.TINY) if tiny else {}
     cfg = preset(preset_name, dtype="bfloat16", fff_impl=impl or "auto", **overrides)
-    model = MaskedLM(cfg, nnx.Rngs(0))
-    model.eval()
-    optimizer = nnx.Optimizer(model, optim.make_optimizer(optim.OptimizerConfig()), wrt=nnx.Param)
+    mesh = mesh_lib.make_mesh(1)
+    model, optimizer = loop.init_state(cfg, optim.OptimizerConfig(), 0, mesh)  # the trainer's state
     step = nnx.cached_partial(train_step, model, optimizer)
     data = train_throughput.synthetic_batch(np.random.default_rng(0), batch, cfg.max_len, cfg.vocab_size)
-    one, multiplier = jnp.int32(1), jnp.float32(1.0)
+    data, multiplier = mesh_lib.global_batch(mesh, data), jnp.float32(1.0)
     for _ in range(3):  # compile and warm up
-        step(data, multiplier, one)["loss"].block_until_ready()
+        step(data, multiplier, apply_update=True)["loss"].block_until_ready()
     with jax.profiler.trace(str(out)):
         for _ in range(steps):
-            step(data, multiplier, one)["loss"].block_until_ready()
+            step(data, multiplier, apply_update=True)["loss"].block_until_ready()
     return max(out.rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
 
 

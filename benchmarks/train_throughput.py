@@ -11,7 +11,9 @@ kernels on a GPU, the sparse form on CPU). Reports the median step time after wa
 TFLOP/s and MFU (model FLOPs as in ufbert_jax.train.metrics.train_flops_per_token: the FFF counted as a
 dense layer of K*N neurons, so the sparse FFF's MFU reads above what its hardware does), and the ratio of
 the first model's step time to each model's (the speedup over the first).
-Imports only jax, flax, optax, numpy and this package (the GPU machine has no grain or ml_collections).
+The state is built by the trainer's own ufbert_jax.train.loop.init_state; benchmarks/train_pipeline.py times
+this step beside the real loop. On the GPU machine, after `source reproduce/gpu_env.sh` (grain and
+ml_collections, which the trainer imports, travel as wheels).
 """
 
 from __future__ import annotations
@@ -28,22 +30,23 @@ import numpy as np
 from flax import nnx
 
 from ufbert_jax.config import preset
-from ufbert_jax.model import MaskedLM, count_params
-from ufbert_jax.train import metrics, optim
+from ufbert_jax.model import count_params
+from ufbert_jax.train import loop, metrics, optim
+from ufbert_jax.train import mesh as mesh_lib
 from ufbert_jax.train.steps import train_step
 
 MODELS = ("crammedbert-3072", "ultrafastbert-1x11:masked", "ultrafastbert-1x11:auto")
 TINY = {"crammedbert-3072": "tiny-dense", "ultrafastbert-1x11": "tiny-fff"}  # --tiny: config.TINY_PRESETS
 
 
-def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -> dict[str, jax.Array]:
+def synthetic_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int) -> dict[str, np.ndarray]:
     """Random tokens with round(0.25 * S) distinct predicted positions per row (the recipe's P)."""
     predictions = round(0.25 * seq_len)
     positions = np.argsort(rng.random((batch, seq_len)), axis=1)[:, :predictions]  # [B, P]
     return {
-        "input_ids": jnp.asarray(rng.integers(8, vocab, (batch, seq_len)), jnp.int32),  # [B, S]
-        "positions": jnp.asarray(positions, jnp.int32),
-        "labels": jnp.asarray(rng.integers(8, vocab, (batch, predictions)), jnp.int32),  # [B, P]
+        "input_ids": rng.integers(8, vocab, (batch, seq_len)).astype(np.int32),  # [B, S]
+        "positions": positions.astype(np.int32),
+        "labels": rng.integers(8, vocab, (batch, predictions)).astype(np.int32),  # [B, P]
     }
 
 
@@ -52,24 +55,24 @@ def measure(name: str, args) -> dict:
     preset_name = TINY.get(preset_name, preset_name) if args.tiny else preset_name
     cfg = preset(preset_name, dtype=args.dtype, fff_impl=impl or "auto")
     seq_len = min(args.seq_len, cfg.max_len)
-    model = MaskedLM(cfg, nnx.Rngs(0))
-    model.eval()  # pretraining runs without dropout
-    optimizer = nnx.Optimizer(model, optim.make_optimizer(optim.OptimizerConfig()), wrt=nnx.Param)
+    mesh = mesh_lib.make_mesh(1)
+    model, optimizer = loop.init_state(cfg, optim.OptimizerConfig(), 0, mesh)  # the trainer's state
     batch = synthetic_batch(np.random.default_rng(0), args.batch, seq_len, cfg.vocab_size)
-    one, multiplier = jnp.int32(1), jnp.float32(1.0)
+    batch = mesh_lib.global_batch(mesh, batch)
+    multiplier = jnp.float32(1.0)
     if args.dispatch == "cached":  # as the training loop calls it
         step = nnx.cached_partial(train_step, model, optimizer)
     else:
         step = functools.partial(train_step, model, optimizer)
     compile_start = time.perf_counter()
     for _ in range(args.warmup):
-        loss = step(batch, multiplier, one)["loss"]
+        loss = step(batch, multiplier, apply_update=True)["loss"]
     loss.block_until_ready()
     warmup_s = time.perf_counter() - compile_start
     times = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        step(batch, multiplier, one)["loss"].block_until_ready()
+        step(batch, multiplier, apply_update=True)["loss"].block_until_ready()
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times)
     tokens = args.batch * seq_len

@@ -219,7 +219,7 @@ def test_train_step_runs_soft_routing_with_hardening_and_transpositions(rng):
     before = np.asarray(model.encoder.layers[0].ffn.b_in[...])
     batch = mlm_batch(rng, cfg, rows=4)
     for _ in range(2):
-        metrics = train_step(model, optimizer, batch, jnp.float32(1.0), jnp.int32(1))
+        metrics = train_step(model, optimizer, batch, jnp.float32(1.0))
     assert np.isfinite(float(metrics["loss"]))
     assert not np.array_equal(np.asarray(model.encoder.layers[0].ffn.b_in[...]), before)
 

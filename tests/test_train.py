@@ -7,6 +7,7 @@ loader's interface); the end-to-end test on data/sample needs the data pipeline.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import os
@@ -159,14 +160,15 @@ def test_batch_ramp_accumulation_counts():
 def test_accumulation_applies_the_mean_every_k_microbatches():
     tx = optim.accumulate_gradients(optax.sgd(1.0))
     params = {"w": jnp.zeros(3)}
-    state = tx.init(params)
-    grads = [{"w": jnp.full(3, float(i + 1))} for i in range(5)]
+    state, host = tx.init(params), optim.Accumulation()
+    grads = [{"w": jnp.full(3, float(i + 1))} for i in range(6)]
     applied = []
-    for g, k in zip(grads, (1, 2, 2, 2, 2), strict=True):
-        updates, state = tx.update(g, state, params, accumulation_steps=k)
+    for g, k in zip(grads, (1, 2, 2, 2, 3, 3), strict=True):
+        updates, state = tx.update(g, state, params, apply_update=host.due(k))
         applied.append(float(updates["w"][0]))
-    # k=1: applies g1; then pairs (g2, g3) and (g4, g5) as their means; the first of each pair waits.
-    assert applied == [-1.0, 0.0, -2.5, 0.0, -4.5]
+        assert int(state.micro_steps) == host.pending  # the host's count mirrors the state's
+    # k=1: applies g1; then (g2, g3) as their mean; g4 waits, and the ramp to 3 applies (g4, g5, g6).
+    assert applied == [-1.0, 0.0, -2.5, 0.0, 0.0, -5.0]
 
 
 def real_params(name="tiny-fff") -> dict:
@@ -180,7 +182,9 @@ def test_no_weight_decay_on_norms_biases_and_position_scale(name):
     params = real_params(name)
     zeros = jax.tree.map(jnp.zeros_like, params)
     # With zero gradients Adam's step is exactly 0, so the update is the weight decay alone.
-    updates, _ = jax.jit(tx.update)(zeros, tx.init(params), params, lr_multiplier=0.5, accumulation_steps=1)
+    updates, _ = jax.jit(functools.partial(tx.update, apply_update=True))(
+        zeros, tx.init(params), params, lr_multiplier=0.5
+    )
     decayed, kept = set(), set()
     for path, update in jax.tree_util.tree_leaves_with_path(updates):
         leaf = path[-1].key
@@ -202,7 +206,9 @@ def test_gradient_clipped_to_global_norm_half(norm, rng):
     params = real_params()
     grads = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
     grads = jax.tree.map(lambda g: g * norm / optax.tree.norm(grads), grads)
-    _, state = jax.jit(tx.update)(grads, tx.init(params), params, lr_multiplier=1.0, accumulation_steps=1)
+    _, state = jax.jit(functools.partial(tx.update, apply_update=True))(
+        grads, tx.init(params), params, lr_multiplier=1.0
+    )
     # Adam's second moment after one step is (1 - b2) g^2 of the gradient it saw, i.e. after clipping.
     nu = optax.tree.get(state, "nu")
     seen = float(jnp.sqrt(sum(jnp.sum(v) for v in jax.tree.leaves(nu)) / (1 - 0.98)))

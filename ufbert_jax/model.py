@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ufbert_jax import fff_math, fff_variants
+from ufbert_jax import fff_math, fff_variants, lookup
 from ufbert_jax.config import ModelConfig
 
 INIT_STD = 0.02
@@ -71,9 +71,9 @@ class Embedding(nnx.Module):
         if seq_len > self.cfg.max_len:
             raise ValueError(f"sequence length {seq_len} exceeds the model's max_len={self.cfg.max_len}")
         positions = jnp.asarray(sinusoidal_positions(seq_len, self.cfg.hidden))  # [S, H]
-        embedded = self.word(token_ids) + (self.position_scale[...] * positions).astype(
-            self.cfg.compute_dtype
-        )
+        # lookup.embed, not nnx.Embed's call: its gradient is a sorted segment sum, not a scatter-add
+        words = lookup.embed(self.word.embedding[...], token_ids).astype(self.cfg.compute_dtype)  # [B,S,H]
+        embedded = words + (self.position_scale[...] * positions).astype(self.cfg.compute_dtype)
         return self.dropout(self.norm(embedded))
 
 

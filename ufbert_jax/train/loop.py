@@ -9,6 +9,7 @@ log (metrics.py), the optimizer and schedule (optim.py), the jitted steps (steps
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import time
@@ -27,6 +28,7 @@ from ufbert_jax.model import MaskedLM
 from ufbert_jax.train import checkpointing, inputs, interrupt, metrics
 from ufbert_jax.train import mesh as mesh_lib
 from ufbert_jax.train.optim import (
+    Accumulation,
     OptimizerConfig,
     accumulation_steps,
     budget_schedule,
@@ -37,6 +39,10 @@ from ufbert_jax.train.optim import (
 from ufbert_jax.train.plot import PLOT_FILE, plot_losses
 from ufbert_jax.train.steps import evaluate, train_step
 
+# Steps dispatched and not yet finished on the device that the host lets run before it waits: two keep the
+# device busy through the host's per-step work (next batch, its copy, the dispatch) and bound how far the
+# host's clock, which the time budget reads, runs ahead of the device.
+IN_FLIGHT = 2
 _BAR_KEYS = ("train/loss", "train/accuracy", "lr", "tokens_per_s", "mfu")
 
 
@@ -77,13 +83,17 @@ class Budget:
         return tqdm(total=self.steps, initial=step - first_step, unit="step", disable=not enabled)
 
 
-def _init_state(
-    config: ml_collections.ConfigDict, model_cfg: ModelConfig, mesh: jax.sharding.Mesh
+def init_state(
+    model_cfg: ModelConfig, optimizer_cfg: OptimizerConfig, seed: int, mesh: jax.sharding.Mesh
 ) -> tuple[MaskedLM, nnx.Optimizer]:
-    """The freshly initialised model (in eval mode) and its optimizer, replicated on the mesh."""
-    model = MaskedLM(model_cfg, nnx.Rngs(config.seed))
+    """The freshly initialised model (in eval mode) and its optimizer, replicated on the mesh.
+
+    The one place that builds the training state: the trainer and the throughput benchmarks
+    (benchmarks/train_throughput.py, train_pipeline.py) call it, so they time the step the trainer runs.
+    """
+    model = MaskedLM(model_cfg, nnx.Rngs(seed))
     model.eval()  # pretraining runs without dropout: the original trains with the model in eval mode
-    optimizer = nnx.Optimizer(model, make_optimizer(OptimizerConfig(**dict(config.optimizer))), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, make_optimizer(optimizer_cfg), wrt=nnx.Param)
     mesh_lib.replicate(mesh, model, optimizer)
     return model, optimizer
 
@@ -114,6 +124,7 @@ def train(
     model_cfg: ModelConfig,
     batches: Iterator[dict],
     eval_batches: Callable[[], Iterable[dict]] | None = None,
+    phases: metrics.Phases | None = None,
 ) -> dict:
     """Pretrains (or resumes) the MaskedLM of `model_cfg` in `workdir` until the budget is spent.
 
@@ -121,15 +132,35 @@ def train(
     JSON-serialisable get_state()/set_state(); `eval_batches()` returns a fresh iterable of such batches.
     Returns the last train log record, with "eval/..." entries when evaluated. A workdir of another run is
     refused before anything is written (checkpointing.check_resume); SIGINT or SIGTERM saves the current
-    step and raises interrupt.TrainingInterrupted.
+    step and raises interrupt.TrainingInterrupted. `phases` (optional) collects where the host's time went.
     """
-    workdir, main = Path(workdir), jax.process_index() == 0
+    workdir = Path(workdir)
     checkpointing.check_resume(workdir, config, model_cfg)
+    return _train(config, workdir, model_cfg, Budget.of(config), batches, eval_batches, phases)
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    workdir: Path,
+    model_cfg: ModelConfig,
+    budget: Budget,
+    batches: Iterator[dict],
+    eval_batches: Callable[[], Iterable[dict]] | None,
+    phases: metrics.Phases | None,
+) -> dict:
+    """`train` after its checks.
+
+    The host runs ahead of the device: a step is dispatched while up to IN_FLIGHT earlier steps still run,
+    and nothing inside the step waits for the host (no conditional, see optim.accumulate_gradients), so
+    the device never idles while the host fetches the next batch. The host reads the step metrics only
+    every log_every steps (and before a save: a non-finite loss must stop the run before it is saved).
+    """
+    main = jax.process_index() == 0
     mesh = mesh_lib.make_mesh(config.num_devices)
     if config.microbatch % mesh.size:
         raise ValueError(f"microbatch={config.microbatch} must be a multiple of the {mesh.size} devices")
-    budget, lr = Budget.of(config), config.optimizer.lr
-    model, optimizer = _init_state(config, model_cfg, mesh)
+    lr, phases = config.optimizer.lr, phases or metrics.Phases()
+    model, optimizer = init_state(model_cfg, OptimizerConfig(**dict(config.optimizer)), config.seed, mesh)
     log = metrics.MetricsLog(workdir, enabled=main)
     throughput = metrics.Throughput(model_cfg, config.microbatch, config.seq_len, mesh.size)
     # cached_partial walks the model and optimizer graphs once, not at every call: nnx.jit's per-call
@@ -143,12 +174,14 @@ def train(
         step, first_step, elapsed = meta["step"], meta["first_step"], meta["elapsed_s"]
         if meta["data_state"] is not None:
             batches.set_state(meta["data_state"][jax.process_index()])
+        accumulation = Accumulation(int(optimizer.opt_state.micro_steps[...]))  # mid-update resumes
         log.truncate_after(step)
         progress, started = budget.progress(step, first_step, elapsed), time.monotonic() - elapsed
-        record, window = {"step": step}, metrics.StepWindow()
+        record, window, in_flight = {"step": step}, metrics.StepWindow(), collections.deque()
         if evaluates and step > first_step and (progress >= 1.0 or every(config.eval_every, step)):
             if not log.has(step, "eval/loss"):  # the run died between this step's save and its eval
-                log.write(record := _eval_record(step, model, mesh, eval_batches()))
+                with phases("eval"):
+                    log.write(record := _eval_record(step, model, mesh, eval_batches()))
         with (
             ckpt.manager(workdir, max_to_keep=config.keep_checkpoints) as mngr,
             budget.bar(step, first_step, elapsed, main and config.progress_bar) as bar,
@@ -159,9 +192,20 @@ def train(
                 accumulate = accumulation_steps(
                     progress, config.microbatch, config.final_batch, config.ramp_fraction
                 )
-                global_batch = mesh_lib.global_batch(mesh, next(batches))
+                with phases("input"):
+                    local_batch = next(batches)
+                with phases("to_device"):
+                    global_batch = mesh_lib.global_batch(mesh, local_batch)
                 step += 1
-                window.add(step, step_fn(global_batch, jnp.float32(multiplier), jnp.int32(accumulate)))
+                with phases("dispatch"):
+                    step_metrics = step_fn(
+                        global_batch, jnp.float32(multiplier), apply_update=accumulation.due(accumulate)
+                    )
+                window.add(step, step_metrics)
+                in_flight.append(step_metrics)
+                if len(in_flight) > IN_FLIGHT:
+                    with phases("device"):
+                        jax.block_until_ready(in_flight.popleft())
                 elapsed = time.monotonic() - started
                 progress = budget.progress(step, first_step, elapsed)
                 finished = progress >= 1.0
@@ -169,7 +213,9 @@ def train(
                 save_now = finished or every(config.checkpoint_every, step) or interrupted
                 log_now = finished or every(config.log_every, step)
                 if save_now or log_now:
-                    window.check(last_saved, workdir)
+                    with phases("metrics"):
+                        window.check(last_saved, workdir)
+                        in_flight.clear()  # the check waited for every step dispatched so far
                 if log_now:
                     extra = dict(
                         lr=lr * multiplier, batch=accumulate * config.microbatch, progress=min(progress, 1.0)
@@ -178,15 +224,18 @@ def train(
                     bar.set_postfix(_postfix(record))
                 bar.update(int(elapsed) - bar.n if budget.seconds > 0 else 1)
                 if save_now:
-                    data_state = mesh_lib.all_processes(batches.get_state())
-                    saved = checkpointing.meta(config, model_cfg, step, first_step, elapsed, data_state)
-                    checkpointing.save(mngr, step, model, optimizer, saved)
+                    with phases("checkpoint"):
+                        data_state = mesh_lib.all_processes(batches.get_state())
+                        saved = checkpointing.meta(config, model_cfg, step, first_step, elapsed, data_state)
+                        checkpointing.save(mngr, step, model, optimizer, saved)
                     last_saved = step
                 if evaluates and (finished or every(config.eval_every, step)):
-                    scores = _eval_record(step, model, mesh, eval_batches())
+                    with phases("eval"):
+                        scores = _eval_record(step, model, mesh, eval_batches())
                     log.write(scores)
                     record = {**record, **scores}
-            mngr.wait_until_finished()
+            with phases("checkpoint"):
+                mngr.wait_until_finished()
     if main:
         plot_losses(log.records(), workdir / PLOT_FILE)
     if interrupted:
@@ -198,15 +247,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Prepares the token shards (and tokenizer) of config.data, then pretrains in `workdir` (see `train`).
 
     A workdir that already has a tokenizer.json (a converted checkpoint, or an earlier run) keeps it. Every
-    check that can fail on the inputs (model preset, sequence length, corpus, a workdir of another run)
-    runs before the workdir is written, so a failed start leaves nothing that would confuse a later run.
+    check that can fail on the inputs (model preset, sequence length, budget, corpus, a workdir of another
+    run) runs before the workdir is written, so a failed start leaves nothing that would confuse a later run.
     """
-    model_cfg = model_config(config)
-    Budget.of(config)
+    model_cfg, budget, workdir = model_config(config), Budget.of(config), Path(workdir)
     mesh_lib.initialize_distributed(config)
-    workdir = Path(workdir)
     checkpointing.check_resume(workdir, config, model_cfg)
     batches = inputs.make_batches(config, workdir, model_cfg)
     if jax.process_index() == 0:
         checkpointing.prepare_workdir(workdir, model_cfg, batches.tokenizer)
-    return train(config, workdir, model_cfg, batches.train, batches.eval)
+    return _train(config, workdir, model_cfg, budget, batches.train, batches.eval, None)

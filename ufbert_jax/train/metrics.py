@@ -3,6 +3,7 @@ and the metrics.jsonl log."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -91,6 +92,29 @@ class StepWindow:
         steps, seconds = len(self.rows), time.monotonic() - self.started
         self.rows, self.started = [], time.monotonic()
         return means, steps, seconds
+
+
+class Phases:
+    """Host wall-clock seconds of the training loop by what the host was doing, summed over the run.
+
+    input: waiting for the next batch of the data iterator; to_device: placing it on the devices;
+    dispatch: the step call (tracing and compiling at the first call of each program, then launching);
+    device: waiting for the device to finish a step (the loop's bound on steps in flight): the time the
+    device, not the host, sets; metrics: reading the step metrics and writing the log; eval; checkpoint.
+    """
+
+    NAMES = ("input", "to_device", "dispatch", "device", "metrics", "eval", "checkpoint")
+
+    def __init__(self):
+        self.seconds = dict.fromkeys(self.NAMES, 0.0)
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
 
 
 class Throughput:

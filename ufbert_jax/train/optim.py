@@ -4,8 +4,9 @@ AdamW (lr 1e-3, betas (0.9, 0.98), eps 1e-12, weight decay 0.01 off for LayerNor
 positional scale), the gradient clipped to global norm 0.5 first, the budget triangle
 min(0.25 + p, 4 - 4p) on the learning rate, and a batch ramp from one microbatch to the final batch by
 gradient accumulation, reached at 60% of the budget. p is the elapsed fraction of the budget, of steps or of
-wall-clock time: the host computes it, so the schedule and the ramp enter the jitted step as two scalar
-inputs (`lr_multiplier`, `accumulation_steps`) and a time-based budget works under jit without recompiling.
+wall-clock time: the host computes it, so the schedule and the ramp enter the jitted step as a scalar
+input (`lr_multiplier`) and a static flag (`apply_update`: whether this microbatch completes an update), so a
+time-based budget works under jit with two compiled programs.
 """
 
 from __future__ import annotations
@@ -101,36 +102,50 @@ class AccumulationState(NamedTuple):
 
 
 def accumulate_gradients(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-    """Gradient accumulation with the number of microbatches per update as an input, like optax.MultiSteps
-    but with `accumulation_steps` passed to `update` (so a time-based ramp needs no recompilation).
+    """Gradient accumulation decided by the host, like optax.MultiSteps without its conditional.
 
-    Each call adds the gradient to a running sum and returns zero updates, until the sum holds
-    `accumulation_steps` microbatches: then `inner` sees their mean, its updates are returned and the sum
-    resets. Other extra arguments go to `inner`. The sum lives in the optimizer state, so a checkpoint
-    taken in the middle of an accumulation resumes exactly.
+    `update` takes the extra argument `apply_update`, a Python bool (static under jit). False adds the
+    gradient to a running sum and returns zero updates; True adds it, gives `inner` the mean of the sum,
+    returns inner's updates and resets the sum. Other extra arguments go to `inner`. The host knows when
+    an update is due (Accumulation below), so the compiled step holds no conditional: on a GPU, XLA runs
+    `lax.cond` by copying its predicate to the host, which blocks the step's dispatch until the device has
+    computed the whole gradient, and the host can no longer run ahead. The sum lives in the optimizer
+    state, so a checkpoint taken in the middle of an accumulation resumes exactly.
     """
     inner = optax.with_extra_args_support(inner)
 
     def init(params):
         return AccumulationState(jnp.zeros([], jnp.int32), optax.tree.zeros_like(params), inner.init(params))
 
-    def update(grads, state, params=None, *, accumulation_steps, **extra_args):
+    def update(grads, state, params=None, *, apply_update: bool, **extra_args):
         count = state.micro_steps + 1
         grad_sum = jax.tree.map(jnp.add, state.grad_sum, grads)
-
-        def apply():
-            mean = jax.tree.map(lambda g: g / count.astype(g.dtype), grad_sum)
-            updates, inner_state = inner.update(mean, state.inner, params, **extra_args)
-            return updates, AccumulationState(
-                jnp.zeros_like(count), optax.tree.zeros_like(grad_sum), inner_state
-            )
-
-        def wait():
+        if not apply_update:
             return optax.tree.zeros_like(grads), AccumulationState(count, grad_sum, state.inner)
-
-        return jax.lax.cond(count >= accumulation_steps, apply, wait)
+        mean = jax.tree.map(lambda g: g / count.astype(g.dtype), grad_sum)
+        updates, inner_state = inner.update(mean, state.inner, params, **extra_args)
+        return updates, AccumulationState(jnp.zeros_like(count), optax.tree.zeros_like(grad_sum), inner_state)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+@dataclasses.dataclass
+class Accumulation:
+    """The host's copy of the optimizer state's micro_steps: says which microbatch completes an update.
+
+    `pending` microbatches are summed and not yet applied (read from the restored optimizer state when a
+    run resumes). `due(k)` counts one more microbatch and says whether it completes an update of k
+    microbatches, the accumulation count of the batch ramp at this step.
+    """
+
+    pending: int = 0
+
+    def due(self, accumulation_steps: int) -> bool:
+        self.pending += 1
+        if self.pending < accumulation_steps:
+            return False
+        self.pending = 0
+        return True
 
 
 # Cached: nnx.Optimizer keeps the transformation in its static graph, so a new one (new closures) for an
@@ -139,8 +154,8 @@ def accumulate_gradients(inner: optax.GradientTransformation) -> optax.GradientT
 def make_optimizer(config: OptimizerConfig) -> optax.GradientTransformationExtraArgs:
     """clip(global norm) -> Adam -> decoupled weight decay (masked) -> -lr -> x lr_multiplier, accumulated.
 
-    `update` takes the extra arguments `lr_multiplier` (budget_schedule(p)) and `accumulation_steps`
-    (accumulation_steps(p, ...)). The decay is scaled by the learning rate and its multiplier, as in
+    `update` takes the extra arguments `lr_multiplier` (budget_schedule(p)) and `apply_update` (see
+    accumulate_gradients). The decay is scaled by the learning rate and its multiplier, as in
     PyTorch's AdamW: p <- p - lr * m(p) * (adam + wd * p).
     """
     return accumulate_gradients(

@@ -40,23 +40,24 @@ def mlm_loss(model: MaskedLM, batch: dict) -> tuple[jax.Array, dict]:
     return loss + hardening, {"loss": loss, "accuracy": correct / predictions, "predictions": counted.sum()}
 
 
-@functools.partial(nnx.jit, donate_argnames=("model", "optimizer"))
+@functools.partial(nnx.jit, donate_argnames=("model", "optimizer"), static_argnames="apply_update")
 def train_step(
     model: MaskedLM,
     optimizer: nnx.Optimizer,
     batch: dict,
     lr_multiplier: jax.Array,
-    accumulation_steps: jax.Array,
+    apply_update: bool = True,
 ) -> dict:
-    """One microbatch: gradient of mlm_loss, then optimizer.update (which applies a real update only when
-    `accumulation_steps` microbatches have been summed; see optim.accumulate_gradients).
+    """One microbatch: gradient of mlm_loss, then optimizer.update, which adds it to the accumulated sum
+    and, when `apply_update`, updates the parameters with the mean of the sum (optim.accumulate_gradients).
 
-    Updates `model` and `optimizer` in place; their buffers are donated. lr_multiplier [] float32 and
-    accumulation_steps [] int32 come from the host (budget fraction p). Returns float32 scalar metrics
+    Updates `model` and `optimizer` in place; their buffers are donated. lr_multiplier [] float32 comes
+    from the host (budget fraction p); apply_update is static (two compiled programs, no conditional; the
+    host's optim.Accumulation says which microbatch completes an update). Returns float32 scalar metrics
     {"loss", "accuracy", "grad_norm"} (grad_norm: of this microbatch's gradient, before clipping).
     """
     (_, metrics), grads = nnx.value_and_grad(mlm_loss, has_aux=True)(model, batch)
-    optimizer.update(model, grads, lr_multiplier=lr_multiplier, accumulation_steps=accumulation_steps)
+    optimizer.update(model, grads, lr_multiplier=lr_multiplier, apply_update=apply_update)
     return {
         "loss": metrics["loss"],
         "accuracy": metrics["accuracy"],
