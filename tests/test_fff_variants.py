@@ -225,7 +225,7 @@ def test_train_step_runs_soft_routing_with_hardening_and_transpositions(rng):
 
 
 def test_bad_variants_are_named():
-    with pytest.raises(ValueError, match="fff_routing='wobbly'"):
+    with pytest.raises(ValueError, match="unknown FFF routing 'wobbly'"):
         preset("tiny-fff", fff_routing="wobbly")
     with pytest.raises(ValueError, match=r"fff_transpose=1\.0"):
         preset("tiny-fff", fff_transpose=1.0)

@@ -41,7 +41,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ufbert_jax import fff, fff_math
-from ufbert_jax.config import FFF_ROUTINGS, ModelConfig
+from ufbert_jax.config import ModelConfig
+from ufbert_jax.fff_names import check_routing
 
 HARDENING = "fff_hardening"  # the name Routing sows its per-layer hardening term under
 
@@ -133,9 +134,7 @@ def apply(
     Hard routing without flips is exactly fff.apply(x, w_in, b_in, w_out, impl); the other variants are
     dense forms (the FFF implementation switch does not apply to them).
     """
-    if routing not in FFF_ROUTINGS:
-        raise ValueError(f"unknown FFF routing {routing!r}; expected one of {FFF_ROUTINGS}")
-    if routing == "hard" and flip is None:
+    if check_routing(routing) == "hard" and flip is None:
         return fff.apply(x, w_in, b_in, w_out, impl=impl)
     trees, nodes, _ = fff_math.check_shapes(x, w_in, b_in, w_out)
     flat = x.reshape(-1, x.shape[-1])  # [..., H] -> [T, H]
