@@ -1,4 +1,4 @@
-"""GLUE: TSV layouts and errors, the Hub source, metrics against scikit-learn/scipy, encoding and bucketing,
+"""GLUE: TSV layouts and errors, the Hub source, metrics against scikit-learn/scipy, encoding,
 the vocabulary check, a short fine-tune that must learn, and eval_glue.py end to end (in process and
 its documented command line).
 
@@ -28,7 +28,7 @@ from configs import glue as glue_config_file
 from ufbert_jax import checkpoint, config
 from ufbert_jax.data import tokenizer as tokenizer_lib
 from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds
-from ufbert_jax.glue import encoding, metrics, report
+from ufbert_jax.glue import metrics, report
 from ufbert_jax.glue.finetune import Pretrained, Recipe, evaluate_workdir, finetune_task, run_glue
 from ufbert_jax.glue.tasks import TASKS, Skipped, Split, TaskData, get_task, load_hub, load_local, read_tsv
 
@@ -430,26 +430,6 @@ def test_truncation_keeps_prefixes_within_max_len(tokenizer):
     expected = [special.cls, *[tokenizer.token_to_id(w) for w in WORDS[:5]], special.sep]
     expected += [*[tokenizer.token_to_id(w) for w in WORDS[20:24]], special.sep]
     assert pair.tolist() == expected
-
-
-def test_bucketing_uses_few_shapes_and_covers_every_example_once(rng):
-    lengths = encoding.bucket_lengths((32, 64, 200), max_len=128)
-    assert lengths == (32, 64, 128)
-    sequences = [rng.integers(7, 100, size=int(n)).astype(np.int32) for n in rng.integers(1, 129, size=333)]
-    labels = rng.integers(2, size=333).astype(np.int32)
-    batches = list(encoding.batches(sequences, labels, 16, lengths, pad_id=0, rng=rng))
-    assert {b.token_ids.shape for b in batches} <= {(16, 32), (16, 64), (16, 128)}
-    assert len(batches) == encoding.num_batches(sequences, 16, lengths)
-    seen = np.concatenate([b.index[b.index >= 0] for b in batches])
-    assert sorted(seen.tolist()) == list(range(333))
-    for b in batches:
-        for row, i in enumerate(b.index):
-            n = len(sequences[i]) if i >= 0 else 0
-            assert b.attention_mask[row].sum() == n and b.weights[row] == (i >= 0)
-            if i >= 0:
-                assert b.token_ids.shape[1] == min(length for length in lengths if length >= n)
-                assert b.token_ids[row, :n].tolist() == sequences[i].tolist() and b.labels[row] == labels[i]
-                assert not b.token_ids[row, n:].any()
 
 
 # ---- workdir, fine-tuning, end to end ----------------------------------------------------------------------
