@@ -104,7 +104,7 @@ def workdir(tmp_path_factory) -> Path:
     lines = [" ".join(words[i : i + 8]) + "." for i in range(0, len(words), 8)]
     (root / "text.txt").write_text("\n\n".join(" ".join(lines[i : i + 5]) for i in range(0, len(lines), 5)))
     workdir = root / "workdir"
-    train_wordpiece(lines, 100, workdir / checkpoint.TOKENIZER_FILE)
+    train_wordpiece(lines, 100, checkpoint.tokenizer_path(workdir))
     cfg = preset("tiny-fff", vocab_size=128, hidden=16, heads=2, max_len=16, fff_depth=2, fff_impl="masked")
     model = MaskedLM(cfg, nnx.Rngs(0))
     for layer in model.encoder.layers:  # decisive routing: logits far from 0 (see the margin check below)

@@ -43,7 +43,7 @@ def test_config_overrides_and_errors(tmp_path):
         checkpoint.load_pretrained(tmp_path, dropout=0.0)
     with pytest.raises(FileNotFoundError, match="is not a ufbert-jax workdir"):
         checkpoint.load_config(tmp_path / "elsewhere")
-    (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps({"format": "other/9", "model": {}}))
+    (tmp_path / checkpoint.MODEL_CONFIG_FILE).write_text(json.dumps({"format": "other/9", "model": {}}))
     with pytest.raises(ValueError, match="format 'other/9', expected 'ufbert-jax/1'"):
         checkpoint.load_config(tmp_path)
 
@@ -53,8 +53,8 @@ def test_config_overrides_and_errors(tmp_path):
 )
 def test_a_damaged_model_json_is_an_error_naming_it(tmp_path, text):
     checkpoint.save_config(tmp_path, config.preset("tiny-fff"))
-    (tmp_path / checkpoint.CONFIG_FILE).write_text(text)
-    with pytest.raises(ValueError, match=rf"{tmp_path / checkpoint.CONFIG_FILE}"):
+    (tmp_path / checkpoint.MODEL_CONFIG_FILE).write_text(text)
+    with pytest.raises(ValueError, match=rf"{tmp_path / checkpoint.MODEL_CONFIG_FILE}"):
         checkpoint.load_config(tmp_path)
 
 
@@ -70,11 +70,11 @@ def test_a_damaged_step_is_an_error_naming_its_folder(tmp_path):
 
 def test_model_json_is_replaced_atomically_with_the_umask_mode(tmp_path):
     checkpoint.save_config(tmp_path, config.preset("tiny-fff"))
-    path = tmp_path / checkpoint.CONFIG_FILE
+    path = tmp_path / checkpoint.MODEL_CONFIG_FILE
     inode = path.stat().st_ino
     checkpoint.save_config(tmp_path, config.preset("tiny-dense"))
     assert path.stat().st_ino != inode and checkpoint.load_config(tmp_path) == config.preset("tiny-dense")
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
-    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.CONFIG_FILE]
+    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.MODEL_CONFIG_FILE]

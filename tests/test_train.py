@@ -393,7 +393,7 @@ def test_missing_or_empty_corpus_fails_cleanly(tmp_path, corpus):
         (source / "a.txt").write_text("")
     with pytest.raises((FileNotFoundError, ValueError)):
         loop.train_and_evaluate(data_config(tmp_path, [source]), tmp_path / "work")
-    assert not (tmp_path / "work" / ckpt.CONFIG_FILE).exists()
+    assert not (tmp_path / "work" / ckpt.MODEL_CONFIG_FILE).exists()
     assert not (tmp_path / "work" / ckpt.CHECKPOINT_DIR).exists()
 
 
@@ -659,11 +659,11 @@ def test_resume_with_model_json_missing_refuses_another_model_and_writes_nothing
     model = dict(fff_impl="masked", vocab_size=1024)
     config = tiny_config(steps=2, data=small_corpus, model_overrides=model)
     loop.train_and_evaluate(config, tmp_path)
-    (tmp_path / ckpt.CONFIG_FILE).unlink()
+    (tmp_path / ckpt.MODEL_CONFIG_FILE).unlink()
     other = tiny_config(steps=2, data=small_corpus, model_overrides=dict(model, hidden=32))
     with pytest.raises(ValueError, match=r"different model.*'hidden': \(64, 32\)"):
         loop.train_and_evaluate(other, tmp_path)
-    assert not (tmp_path / ckpt.CONFIG_FILE).exists()
+    assert not (tmp_path / ckpt.MODEL_CONFIG_FILE).exists()
     loop.train_and_evaluate(tiny_config(steps=4, data=small_corpus, model_overrides=model), tmp_path)
     assert ckpt.load_config(tmp_path).hidden == 64
 

@@ -30,16 +30,21 @@ from tokenizers import Tokenizer
 from ufbert_jax import checkpoint, io
 from ufbert_jax import state_dict as state_dict_lib
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds, check_vocabulary, load_tokenizer
+from ufbert_jax.data.tokenizer import (
+    SPECIAL_TOKENS,
+    TOKENIZER_FILE,
+    SpecialIds,
+    check_vocabulary,
+    load_tokenizer,
+)
 from ufbert_jax.model import CLASSIFIER_WIDTH, INIT_STD, MaskedLM
 
-CONFIG_FILE = "config.json"
+ORIGINAL_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
-TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-_HUB_FILES = [CONFIG_FILE, SAFETENSORS_FILE, TORCH_FILE, TOKENIZER_FILE]
+_HUB_FILES = [ORIGINAL_CONFIG_FILE, SAFETENSORS_FILE, TORCH_FILE, TOKENIZER_FILE]
 
 MODEL_TYPE = "crammedBERT"
 ARCHITECTURES = ["ScriptableLMForPreTraining"]
@@ -250,7 +255,7 @@ def arch_from_config(cfg: ModelConfig) -> dict:
 
 def read_config(directory: str | Path) -> ModelConfig:
     """The ModelConfig of an original directory's config.json."""
-    path = Path(directory) / CONFIG_FILE
+    path = Path(directory) / ORIGINAL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not an original-format checkpoint")
     data = io.read_json(path)
@@ -388,7 +393,7 @@ def save_pretrained(model: MaskedLM, tokenizer: Tokenizer, out_dir: str | Path) 
     problems = state_dict_lib.bad_values(state)
     if problems:
         raise state_dict_lib.StateDictError("refusing to export:\n  " + "\n  ".join(problems))
-    io.write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    io.write_text(out_dir / ORIGINAL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     # "format": "pt" is the metadata transformers expects to load a safetensors file into PyTorch.
     io.write_bytes(out_dir / SAFETENSORS_FILE, safetensors.numpy.save(state, metadata={"format": "pt"}))
     io.write_text(out_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))

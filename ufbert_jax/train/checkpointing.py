@@ -228,7 +228,7 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: Mo
     """
     problems = []
     saved = _newest_meta(workdir)
-    if (workdir / ckpt.CONFIG_FILE).is_file():
+    if (workdir / ckpt.MODEL_CONFIG_FILE).is_file():
         saved_model = dataclasses.asdict(ckpt.load_config(workdir))
     else:
         saved_model = ((saved or {}).get("run") or {}).get("model", {})
@@ -259,7 +259,7 @@ def prepare_workdir(workdir: Path, model_cfg: ModelConfig, tokenizer: Path) -> N
 
     The FFF implementation is saved as "auto": it is chosen where the model runs, not part of the model.
     """
-    if not (workdir / ckpt.CONFIG_FILE).is_file():
+    if not (workdir / ckpt.MODEL_CONFIG_FILE).is_file():
         ckpt.save_config(workdir, model_cfg.replace(fff_impl="auto"))
     if ckpt.tokenizer_path(workdir).resolve() != tokenizer.resolve():
         io.write_bytes(ckpt.tokenizer_path(workdir), Path(tokenizer).read_bytes())
