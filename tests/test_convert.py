@@ -26,7 +26,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 from tests import reference_numpy as ref
 from tests.helpers import tokens_and_mask
-from ufbert_jax import checkpoint, config, convert, inference, model, state_dict
+from ufbert_jax import config, convert, inference, model, state_dict
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.data.tokenizer import SpecialIds
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -336,15 +337,15 @@ def test_cli_writes_a_workdir_that_train_and_eval_glue_load(original, tmp_path, 
     assert done.returncode == 0, done.stderr
     assert f"{directory} -> {workdir}:" in done.stdout
     converted, tokenizer = convert.from_pretrained(directory)
-    loaded = checkpoint.load_pretrained(workdir)
+    loaded = workdir_lib.load_pretrained(workdir)
     loaded.eval()
     assert loaded.cfg == converted.cfg
     expected, ids, mask = logits_of(converted, rng)
     np.testing.assert_array_equal(np.asarray(loaded(ids, mask)), expected)
-    assert Tokenizer.from_file(str(checkpoint.tokenizer_path(workdir))).to_str() == tokenizer.to_str()
+    assert Tokenizer.from_file(str(workdir_lib.tokenizer_path(workdir))).to_str() == tokenizer.to_str()
     # eval_glue.py's path: a classifier takes the encoder weights and keeps its fresh head.
-    classifier = model.SequenceClassifier(checkpoint.load_config(workdir), 3, nnx.Rngs(0))
-    assert checkpoint.restore_params(workdir, classifier) == 0
+    classifier = model.SequenceClassifier(workdir_lib.load_config(workdir), 3, nnx.Rngs(0))
+    assert workdir_lib.restore_params(workdir, classifier) == 0
     np.testing.assert_array_equal(
         classifier.encoder.layers[1].ffn.w_in[...], converted.encoder.layers[1].ffn.w_in[...]
     )

@@ -25,12 +25,14 @@ from flax import nnx
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from configs import glue as glue_config_file
-from ufbert_jax import checkpoint, config
+from ufbert_jax import config
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.data import tokenizer as tokenizer_lib
 from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds
 from ufbert_jax.glue import metrics, report
 from ufbert_jax.glue.finetune import Pretrained, Recipe, evaluate_workdir, finetune_task, run_glue
 from ufbert_jax.glue.tasks import TASKS, Skipped, Split, TaskData, get_task, load_hub, load_local, read_tsv
+from ufbert_jax.model import MaskedLM
 
 WORDS = (*(f"w{i}" for i in range(40)), "zebra", "quokka")
 MARKER = "zebra"  # the easy task: label 1 iff the marker word is present
@@ -148,9 +150,9 @@ def tokenizer() -> Tokenizer:
 def make_workdir(path: Path, tokenizer: Tokenizer, vocab_size: int | None = None) -> Path:
     """model.json (tiny-fff, masked FFF), tokenizer.json and one params step of a fresh MaskedLM."""
     cfg = config.preset("tiny-fff", vocab_size=vocab_size or tokenizer.get_vocab_size(), max_len=64)
-    checkpoint.save_config(path, cfg)
-    tokenizer.save(str(checkpoint.tokenizer_path(path)))
-    checkpoint.save_params(path, 0, checkpoint.MaskedLM(cfg, nnx.Rngs(0)))
+    workdir_lib.save_config(path, cfg)
+    tokenizer.save(str(workdir_lib.tokenizer_path(path)))
+    workdir_lib.save_params(path, 0, MaskedLM(cfg, nnx.Rngs(0)))
     return path
 
 

@@ -10,7 +10,7 @@ The original directory (docs/published_model.md; written by the cramming code's 
 
 `config_from_arch` maps the `arch` dict to a ModelConfig and refuses every setting that would change the
 outputs and that our model does not implement; `ufbert_jax.state_dict` maps and checks the tensors.
-`to_workdir` turns an original directory (or hub id) into a ufbert-jax workdir (ufbert_jax.checkpoint)
+`to_workdir` turns an original directory (or hub id) into a ufbert-jax workdir (ufbert_jax.workdir)
 that train.py continues pretraining from and eval_glue.py fine-tunes from; `from_workdir` exports a
 workdir back to the original format. The command line is the top-level convert.py.
 """
@@ -27,8 +27,9 @@ import safetensors.numpy
 from flax import nnx
 from tokenizers import Tokenizer
 
-from ufbert_jax import checkpoint, io
+from ufbert_jax import io
 from ufbert_jax import state_dict as state_dict_lib
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data.tokenizer import (
     SPECIAL_TOKENS,
@@ -413,18 +414,18 @@ def to_workdir(path_or_id: str | Path, workdir: str | Path) -> MaskedLM:
 
     train.py continues pretraining from it with a fresh optimizer; eval_glue.py fine-tunes from it.
     """
-    steps = Path(workdir) / checkpoint.CHECKPOINT_DIR
+    steps = Path(workdir) / workdir_lib.CHECKPOINT_DIR
     if steps.exists() and any(steps.iterdir()):
         raise FileExistsError(f"{steps} already holds checkpoints; convert into an empty workdir")
     model, tokenizer = from_pretrained(path_or_id)
-    checkpoint.save_config(workdir, model.cfg)
-    io.write_text(checkpoint.tokenizer_path(workdir), tokenizer.to_str(pretty=True))
-    checkpoint.save_params(workdir, 0, model)
+    workdir_lib.save_config(workdir, model.cfg)
+    io.write_text(workdir_lib.tokenizer_path(workdir), tokenizer.to_str(pretty=True))
+    workdir_lib.save_params(workdir, 0, model)
     return model
 
 
 def from_workdir(workdir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
     """Exports a workdir's step (default: the latest) to the original format."""
-    model = checkpoint.load_pretrained(workdir, step)
-    tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
+    model = workdir_lib.load_pretrained(workdir, step)
+    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     return save_pretrained(model, tokenizer, out_dir)

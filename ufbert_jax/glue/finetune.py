@@ -26,7 +26,7 @@ from flax import nnx
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from ufbert_jax import checkpoint
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data import bucketing
 from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts, load_tokenizer
@@ -169,11 +169,11 @@ class Pretrained:
         """Reads model.json and tokenizer.json; a tokenizer without the special tokens or with ids beyond
         the model's vocabulary is a ValueError."""
         workdir = Path(workdir)
-        cfg = checkpoint.load_config(workdir)
-        tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
+        cfg = workdir_lib.load_config(workdir)
+        tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
         tokenizer.no_truncation()  # truncation and padding are ours (encode_texts, data/bucketing.py)
         tokenizer.no_padding()
-        SpecialIds.of(tokenizer, checkpoint.tokenizer_path(workdir))  # before any task, naming the file
+        SpecialIds.of(tokenizer, workdir_lib.tokenizer_path(workdir))  # before any task, naming the file
         check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
         return cls(workdir, cfg, tokenizer, step)
 
@@ -183,7 +183,7 @@ class Pretrained:
             raise ValueError(f"max_len={recipe.max_len} exceeds the model's max_len={self.config.max_len}")
         cfg = self.config.replace(dropout=recipe.dropout, fff_impl=recipe.fff_impl)
         model = SequenceClassifier(cfg, num_labels, nnx.Rngs(params=recipe.seed, dropout=recipe.seed + 1))
-        step = checkpoint.restore_params(self.workdir, model, self.step)
+        step = workdir_lib.restore_params(self.workdir, model, self.step)
         return model, step
 
 

@@ -21,7 +21,7 @@ import ml_collections
 from flax import nnx
 from tqdm import tqdm
 
-from ufbert_jax import checkpoint as ckpt
+from ufbert_jax import workdir as ckpt
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
 from ufbert_jax.train import checkpointing, inputs, interrupt, metrics
