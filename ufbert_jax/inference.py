@@ -10,7 +10,7 @@ Shape legend: B batch, S sequence, H hidden, V vocabulary, M masked positions.
 
 Token ids are checked on the host against the model's vocabulary before anything is compiled (an id out of
 range would otherwise read a clamped embedding row without any error). Put the model in eval mode first
-(`convert.from_pretrained` does), or dropout makes the outputs random.
+(`original_format.from_pretrained` does), or dropout makes the outputs random.
 """
 
 from __future__ import annotations
