@@ -26,7 +26,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from ufbert_jax.config import preset
-from ufbert_jax.glue import metrics, report
+from ufbert_jax.glue import report, scoring
 from ufbert_jax.glue.tasks import get_task
 
 BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/results_report.py) -->", "<!-- RESULTS:END -->"
@@ -61,7 +61,7 @@ def merge_glue(paths: list[Path], tasks: list[str]) -> dict:
     records = merged["tasks"].values()
     rows = {row: scored["metrics"] for record in records for row, scored in record.get("dev", {}).items()}
     row_tasks = {row: name for name, record in merged["tasks"].items() for row in record.get("dev", {})}
-    merged["averages"] = metrics.averages(rows, row_tasks)
+    merged["averages"] = scoring.averages(rows, row_tasks)
     return merged
 
 

@@ -13,7 +13,7 @@ from flax import nnx
 
 from ufbert_jax import fff
 from ufbert_jax import workdir as workdir_lib
-from ufbert_jax.analysis import capture, report, routing, text
+from ufbert_jax.analysis import capture, routing, routing_report, text
 from ufbert_jax.config import preset
 from ufbert_jax.data.tokenizer import load_tokenizer, train_wordpiece
 from ufbert_jax.model import MaskedLM
@@ -120,7 +120,7 @@ def test_counts_equal_per_token_paths_and_a_float64_walk(workdir):
     tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     ids, mask = text.token_rows(tokenizer, workdir.parent / "text.txt", seq_len=16, max_tokens=300)
     assert ids.shape[0] % 3 and mask[-1, -1] == 0  # the last batch and the last row are padded
-    totals = report.analyze(model, ids, mask, batch_size=3, progress_bar=False)
+    totals = routing_report.analyze(model, ids, mask, batch_size=3, progress_bar=False)
     inputs = capture.fff_inputs(model, jnp.asarray(ids), jnp.asarray(mask))  # [R, S, H] per layer
     real = mask.ravel().astype(bool)
     for total, x, layer in zip(totals, inputs, [block.ffn for block in model.encoder.layers], strict=True):

@@ -30,7 +30,7 @@ from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data import bucketing
 from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts, load_tokenizer
-from ufbert_jax.glue import metrics, report
+from ufbert_jax.glue import report, scoring
 from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task, load_hub, load_local
 from ufbert_jax.model import SequenceClassifier
 
@@ -253,7 +253,7 @@ def finetune_task(data: TaskData, pretrained: Pretrained, recipe: Recipe) -> dic
         predictions = predict(model, dev_sequences, recipe, pad_id, regression)
         dev[name] = {
             "examples": len(split),
-            "metrics": metrics.compute(spec.metrics, split.labels, predictions),
+            "metrics": scoring.compute(spec.metrics, split.labels, predictions),
         }
     return {
         "status": "ok",
@@ -277,7 +277,7 @@ def _record(tasks: dict, pretrained: Pretrained) -> dict:
         "workdir": str(pretrained.workdir),
         "model": dataclasses.asdict(pretrained.config),
         "tasks": dict(tasks),
-        "averages": metrics.averages(rows, row_tasks),
+        "averages": scoring.averages(rows, row_tasks),
     }
 
 
