@@ -171,7 +171,7 @@ class Pretrained:
         workdir = Path(workdir)
         cfg = workdir_lib.load_config(workdir)
         tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
-        tokenizer.no_truncation()  # truncation and padding are ours (encode_texts, data/bucketing.py)
+        tokenizer.no_truncation()  # truncation and padding are ours (encode_texts, ufbert_jax.data.bucketing)
         tokenizer.no_padding()
         SpecialIds.of(tokenizer, workdir_lib.tokenizer_path(workdir))  # before any task, naming the file
         check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
