@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from ufbert_jax import convert
+from ufbert_jax import original_format
 from ufbert_jax.model import count_params
 
 flags.DEFINE_string("source", None, "Original-format directory or hub id to convert into --workdir.")
@@ -29,10 +29,10 @@ def main(argv: list[str]) -> None:
     if fl.source is not None:
         if fl.step is not None:
             raise app.UsageError("--step only applies to --export")
-        model = convert.to_workdir(fl.source, fl.workdir)
+        model = original_format.to_workdir(fl.source, fl.workdir)
         print(f"{fl.source} -> {fl.workdir}: {model.cfg}, {count_params(model):,} parameters, step 0")
     else:
-        out = convert.from_workdir(fl.workdir, fl.export, fl.step)
+        out = original_format.from_workdir(fl.workdir, fl.export, fl.step)
         print(f"{fl.workdir} -> {out} (original format)")
 
 

@@ -20,9 +20,9 @@ from ml_collections import config_flags
 
 from ufbert_jax.glue import evaluate_workdir, report
 
-CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "glue.py"
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "glue.py"
 
-config_flags.DEFINE_config_file("config", str(CONFIG_FILE), "GLUE recipe config file.", lock_config=True)
+config_flags.DEFINE_config_file("config", str(DEFAULT_CONFIG), "GLUE recipe config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Pretraining workdir to fine-tune from (model.json, tokenizer.json).")
 flags.DEFINE_string("glue_dir", None, "GLUE data in the original TSV layout.")
 flags.DEFINE_bool("hub", None, "Read nyu-mll/glue from the Hugging Face Hub instead of --glue_dir.")

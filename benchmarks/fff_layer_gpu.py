@@ -11,8 +11,8 @@ L2. A loop turn (16 calls) pays one host-side predicate check of XLA's while loo
 small-T times are upper bounds. Reported: median over repeats of the time per call, the minimum bytes (x
 read, y written, weights read once) over that time, and the ratio to the measured device copy bandwidth.
 
-Run on the GPU machine from the repository root, `.whl` carried (benchmarks/gpu_env.sh installs the repo):
-    source benchmarks/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
+Run on the GPU machine from the repository root, `.whl` carried (reproduce/gpu_env.sh installs the repo):
+    source reproduce/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
 """
 
 from __future__ import annotations

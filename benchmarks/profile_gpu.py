@@ -5,7 +5,7 @@ profiled (ncu --profile-from-start off), so XLA's autotuning and the Triton comp
 
 Run on the GPU machine from the repository root (ncu's default cache control flushes the caches before
 each kernel, so every kernel reads its inputs from HBM; --clock-control none keeps the clocks as they run):
-    source benchmarks/gpu_env.sh   # with .whl carried
+    source reproduce/gpu_env.sh   # with .whl carried
     ncu --profile-from-start off --clock-control none --set full -o $OUT/fff \
         python3 benchmarks/profile_gpu.py --tokens 16384
     ncu -i $OUT/fff.ncu-rep --page details > $OUT/fff_details.txt

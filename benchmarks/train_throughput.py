@@ -1,14 +1,14 @@
 """Pretraining throughput: crammedBERT-3072 against UltraFastBERT-1x11 (masked and sparse FFF), side by side.
 
-    PYTHONPATH=. python benchmarks/train_throughput.py [--batch 128] [--steps 20] [--json out.json]
-    PYTHONPATH=. python benchmarks/train_throughput.py --tiny      # a seconds-long check on CPU
+    python benchmarks/train_throughput.py [--batch 128] [--steps 20] [--json out.json]
+    python benchmarks/train_throughput.py --tiny      # a seconds-long check on CPU
 
 Times the real train step (ufbert_jax.train.steps.train_step: sparse-prediction MLM loss, gradient,
 clipped AdamW update, donated state) on synthetic token batches, no data pipeline: 16 layers, hidden 768,
 vocabulary 32768, 128-token sequences, bf16 compute with float32 parameters. A model is named
-PRESET[:FFF_IMPL] (ufbert_jax.fff.IMPLS; default "auto", the training configs' choice: the Pallas training
-kernels on a GPU, the sparse form on CPU). Reports the median step time after warm-up, tokens/s, model
-TFLOP/s and MFU (model FLOPs as in ufbert_jax.train.metrics.train_flops_per_token: the FFF counted as a
+PRESET[:FFF_IMPL] (ufbert_jax.fff_names.IMPLS; default "auto", the training configs' choice: the Pallas
+training kernels on a GPU, the sparse form on CPU). Reports the median step time after warm-up, tokens/s,
+model TFLOP/s and MFU (model FLOPs as in ufbert_jax.train.metrics.train_flops_per_token: the FFF counted as a
 dense layer of K*N neurons, so the sparse FFF's MFU reads above what its hardware does), and the ratio of
 the first model's step time to each model's (the speedup over the first).
 The state is built by the trainer's own ufbert_jax.train.loop.init_state; benchmarks/train_pipeline.py times

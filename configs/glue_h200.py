@@ -13,7 +13,7 @@ score after the last epoch. Steps at batch 16: CoLA 2,675, SST-2 4,210, MRPC 1,1
 
     python eval_glue.py --config=configs/glue_h200.py --workdir=WORKDIR --glue_dir=.device/glue
 
-benchmarks/reproduce_h200.sh runs one such process per task (--config.tasks=TASK) side by side on the GPU.
+reproduce/reproduce_h200.sh runs one such process per task (--config.tasks=TASK) side by side on the GPU.
 """
 
 import ml_collections

@@ -4,7 +4,7 @@ The model of configs/crammedbert_3072.py (16 layers, hidden 768, a 3072-wide GEL
 minute-scale recipe of configs/h200_recipe.py, which configs/h200_ultrafastbert_1x11.py shares. One device
 command pretrains it, fine-tunes it on GLUE and copies the results back:
 
-    benchmarks/reproduce_h200.sh crammedbert-3072        # on the H200, after prepare_h200_data.py here
+    bash reproduce/reproduce_h200.sh crammedbert-3072    # on the H200, after reproduce.prepare_h200_data here
 
 which runs, among others,
 

@@ -5,7 +5,7 @@ under the minute-scale recipe of configs/h200_recipe.py, the same budget, data a
 configs/h200_crammedbert_3072.py. The FFF runs as "auto": the fastest training form JAX has on the device.
 One device command pretrains it, fine-tunes it on GLUE and copies the results back:
 
-    benchmarks/reproduce_h200.sh ultrafastbert-1x11      # on the H200, after prepare_h200_data.py here
+    bash reproduce/reproduce_h200.sh ultrafastbert-1x11  # on the H200, after reproduce.prepare_h200_data here
 
 which runs, among others,
 

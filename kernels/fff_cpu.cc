@@ -3,10 +3,11 @@
 // Shape legend: T tokens, H hidden, K trees, N = 2^(D+1) - 1 nodes per tree (heap order), D depth,
 // L = D + 1 levels (nodes visited per tree).
 //
-// Semantics and numerics are those of ufbert_jax.fff.conditional (its docstring is the contract): logit
-// z = x . w_in[k, n] + b_in[k, n] accumulated in float32; the token goes to 2n+2 when z > 0 (strict; NaN
-// goes left) and to 2n+1 otherwise; GELU(z) (exact, erfc form) is rounded to the weights' dtype and
-// multiplies w_out[k, n]; the output accumulates in float32 and is returned in x's dtype.
+// Semantics and numerics are those of ufbert_jax.fff_math.conditional (fff_math's docstring is the
+// contract): logit z = x . w_in[k, n] + b_in[k, n] accumulated in float32; the token goes to 2n+2 when
+// z > 0 (strict; NaN goes left) and to 2n+1 otherwise; GELU(z) (exact, erfc form) is rounded to the
+// weights' dtype and multiplies w_out[k, n]; the output accumulates in float32 and is returned in x's
+// dtype.
 //
 // Algorithm (docs/cpu_kernel.md has the measurements behind it). Each tree is walked in two stages so that
 // every weight row is streamed once per group of tokens that visits it, instead of once per token:

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ufbert_jax import checkpoint, fff
-from ufbert_jax.analysis import capture, report, routing, text
+from ufbert_jax import fff
+from ufbert_jax import workdir as workdir_lib
+from ufbert_jax.analysis import capture, routing, routing_report, text
 from ufbert_jax.config import preset
 from ufbert_jax.data.tokenizer import load_tokenizer, train_wordpiece
 from ufbert_jax.model import MaskedLM
@@ -104,22 +105,22 @@ def workdir(tmp_path_factory) -> Path:
     lines = [" ".join(words[i : i + 8]) + "." for i in range(0, len(words), 8)]
     (root / "text.txt").write_text("\n\n".join(" ".join(lines[i : i + 5]) for i in range(0, len(lines), 5)))
     workdir = root / "workdir"
-    train_wordpiece(lines, 100, workdir / checkpoint.TOKENIZER_FILE)
+    train_wordpiece(lines, 100, workdir_lib.tokenizer_path(workdir))
     cfg = preset("tiny-fff", vocab_size=128, hidden=16, heads=2, max_len=16, fff_depth=2, fff_impl="masked")
     model = MaskedLM(cfg, nnx.Rngs(0))
     for layer in model.encoder.layers:  # decisive routing: logits far from 0 (see the margin check below)
         layer.ffn.w_in[...] = 50 * layer.ffn.w_in[...]
-    checkpoint.save_config(workdir, cfg)
-    checkpoint.save_params(workdir, 7, model)
+    workdir_lib.save_config(workdir, cfg)
+    workdir_lib.save_params(workdir, 7, model)
     return workdir
 
 
 def test_counts_equal_per_token_paths_and_a_float64_walk(workdir):
-    model = checkpoint.load_pretrained(workdir)
-    tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
+    model = workdir_lib.load_pretrained(workdir)
+    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     ids, mask = text.token_rows(tokenizer, workdir.parent / "text.txt", seq_len=16, max_tokens=300)
     assert ids.shape[0] % 3 and mask[-1, -1] == 0  # the last batch and the last row are padded
-    totals = report.analyze(model, ids, mask, batch_size=3, progress_bar=False)
+    totals = routing_report.analyze(model, ids, mask, batch_size=3, progress_bar=False)
     inputs = capture.fff_inputs(model, jnp.asarray(ids), jnp.asarray(mask))  # [R, S, H] per layer
     real = mask.ravel().astype(bool)
     for total, x, layer in zip(totals, inputs, [block.ffn for block in model.encoder.layers], strict=True):
@@ -154,7 +155,7 @@ def test_cli_writes_routing_json_figures_and_a_table(workdir, tmp_path):
 
 
 def test_bad_inputs_are_named(workdir, tmp_path):
-    tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
+    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     with pytest.raises(FileNotFoundError, match=r"nothing\.txt"):
         text.token_rows(tokenizer, tmp_path / "nothing.txt", 16)
     dense = MaskedLM(preset("tiny-dense", vocab_size=64, hidden=16, heads=2), nnx.Rngs(0))

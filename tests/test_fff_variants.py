@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from tests.reference_numpy import gelu
-from ufbert_jax import fff, fff_variants
+from ufbert_jax import fff, fff_math, fff_variants
 from ufbert_jax.analysis import capture
 from ufbert_jax.config import preset
 from ufbert_jax.model import FastFeedForward, MaskedLM
@@ -131,9 +131,10 @@ def test_hard_with_transpositions_matches_float64_walk(rng, trees, depth, hidden
 
 def test_hard_without_transpositions_is_the_original(rng):
     x, w_in, b_in, w_out = draw(rng, 2, 3, 16)
-    original = fff.apply(x, w_in, b_in, w_out, impl="masked")
-    np.testing.assert_array_equal(fff_variants.apply(x, w_in, b_in, w_out, impl="masked"), original)
-    np.testing.assert_array_equal(fff_variants.hard(x, w_in, b_in, w_out), original)
+    no_flip = np.zeros((x.shape[0], *b_in.shape), bool)
+    np.testing.assert_array_equal(
+        fff_variants.hard(x, w_in, b_in, w_out, no_flip), fff_math.masked(x, w_in, b_in, w_out)
+    )
 
 
 def test_reach_weights_are_probabilities_per_level(rng):
@@ -165,10 +166,19 @@ def test_soft_routing_gradient_matches_float64_finite_differences(rng):
     np.testing.assert_allclose(np.asarray(grad), expected, rtol=1e-3, atol=1e-4 * np.abs(expected).max())
 
 
-def test_default_routing_is_fff_apply_and_holds_no_state(rng):
+def test_the_default_config_runs_fff_apply_without_a_variant(rng):
     cfg = preset("tiny-fff", fff_impl="masked")
     layer = FastFeedForward(cfg, nnx.Rngs(int(rng.integers(2**31))))
-    assert not jax.tree.leaves(nnx.state(layer.routing))
+    assert layer.variant is None and not fff_variants.wanted(cfg)
+    h = jnp.asarray(rng.standard_normal((2, 5, cfg.hidden)), jnp.float32)
+    expected = fff.apply(h, layer.w_in[...], layer.b_in[...], layer.w_out[...], impl="masked")
+    np.testing.assert_array_equal(layer(h), expected)
+
+
+def test_the_hardening_loss_alone_keeps_the_original_output(rng):
+    cfg = preset("tiny-fff", fff_impl="masked", fff_hardening=0.5)
+    layer = FastFeedForward(cfg, nnx.Rngs(int(rng.integers(2**31))))
+    assert not jax.tree.leaves(nnx.state(layer.variant))  # no parameters, no RNG stream
     h = jnp.asarray(rng.standard_normal((2, 5, cfg.hidden)), jnp.float32)
     expected = fff.apply(h, layer.w_in[...], layer.b_in[...], layer.w_out[...], impl="masked")
     np.testing.assert_array_equal(layer(h), expected)
@@ -225,12 +235,9 @@ def test_train_step_runs_soft_routing_with_hardening_and_transpositions(rng):
 
 
 def test_bad_variants_are_named():
-    with pytest.raises(ValueError, match="fff_routing='wobbly'"):
+    with pytest.raises(ValueError, match="unknown FFF routing 'wobbly'"):
         preset("tiny-fff", fff_routing="wobbly")
     with pytest.raises(ValueError, match=r"fff_transpose=1\.0"):
         preset("tiny-fff", fff_transpose=1.0)
     with pytest.raises(ValueError, match="fff_hardening=-1"):
         preset("tiny-fff", fff_hardening=-1)
-    x, w_in, b_in, w_out = (jnp.zeros(s) for s in [(3, 4), (1, 3, 4), (1, 3), (1, 3, 4)])
-    with pytest.raises(ValueError, match="flip must be"):
-        fff_variants.apply(x, w_in, b_in, w_out, routing="soft", flip=jnp.zeros((3, 3), bool))

@@ -1,4 +1,4 @@
-"""GLUE: TSV layouts and errors, the Hub source, metrics against scikit-learn/scipy, encoding and bucketing,
+"""GLUE: TSV layouts and errors, the Hub source, metrics against scikit-learn/scipy, encoding,
 the vocabulary check, a short fine-tune that must learn, and eval_glue.py end to end (in process and
 its documented command line).
 
@@ -25,12 +25,14 @@ from flax import nnx
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from configs import glue as glue_config_file
-from ufbert_jax import checkpoint, config
+from ufbert_jax import config
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.data import tokenizer as tokenizer_lib
 from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds
-from ufbert_jax.glue import encoding, metrics, report
+from ufbert_jax.glue import report, scoring
 from ufbert_jax.glue.finetune import Pretrained, Recipe, evaluate_workdir, finetune_task, run_glue
 from ufbert_jax.glue.tasks import TASKS, Skipped, Split, TaskData, get_task, load_hub, load_local, read_tsv
+from ufbert_jax.model import MaskedLM
 
 WORDS = (*(f"w{i}" for i in range(40)), "zebra", "quokka")
 MARKER = "zebra"  # the easy task: label 1 iff the marker word is present
@@ -148,9 +150,9 @@ def tokenizer() -> Tokenizer:
 def make_workdir(path: Path, tokenizer: Tokenizer, vocab_size: int | None = None) -> Path:
     """model.json (tiny-fff, masked FFF), tokenizer.json and one params step of a fresh MaskedLM."""
     cfg = config.preset("tiny-fff", vocab_size=vocab_size or tokenizer.get_vocab_size(), max_len=64)
-    checkpoint.save_config(path, cfg)
-    tokenizer.save(str(checkpoint.tokenizer_path(path)))
-    checkpoint.save_params(path, 0, checkpoint.MaskedLM(cfg, nnx.Rngs(0)))
+    workdir_lib.save_config(path, cfg)
+    tokenizer.save(str(workdir_lib.tokenizer_path(path)))
+    workdir_lib.save_params(path, 0, MaskedLM(cfg, nnx.Rngs(0)))
     return path
 
 
@@ -265,7 +267,7 @@ def test_a_row_that_swallows_the_file_is_named(tmp_path, rng):
 def test_results_are_written_with_the_umask_mode(tmp_path):
     old = os.umask(0o022)
     try:
-        paths = report.write({"workdir": "w", "tasks": {}, "averages": metrics.averages({}, {})}, tmp_path)
+        paths = report.write({"workdir": "w", "tasks": {}, "averages": scoring.averages({}, {})}, tmp_path)
     finally:
         os.umask(old)
     assert [oct(stat.S_IMODE(path.stat().st_mode)) for path in paths] == ["0o644", "0o644"]
@@ -342,14 +344,14 @@ def test_real_glue_files_parse_with_the_official_row_counts():
 def test_classification_metrics_match_sklearn(rng, classes):
     labels = rng.integers(classes, size=500)
     predictions = np.where(rng.random(500) < 0.6, labels, rng.integers(classes, size=500))
-    assert metrics.accuracy(labels, predictions) == pytest.approx(
+    assert scoring.accuracy(labels, predictions) == pytest.approx(
         100 * sklearn.metrics.accuracy_score(labels, predictions)
     )
-    assert metrics.matthews(labels, predictions) == pytest.approx(
+    assert scoring.matthews(labels, predictions) == pytest.approx(
         100 * sklearn.metrics.matthews_corrcoef(labels, predictions)
     )
     if classes == 2:
-        assert metrics.f1(labels, predictions) == pytest.approx(
+        assert scoring.f1(labels, predictions) == pytest.approx(
             100 * sklearn.metrics.f1_score(labels, predictions)
         )
 
@@ -357,21 +359,21 @@ def test_classification_metrics_match_sklearn(rng, classes):
 def test_correlations_match_scipy_with_ties(rng):
     labels = rng.integers(0, 6, size=300).astype(np.float32)  # many ties, like STS-B's rounded scores
     predictions = np.round(labels + rng.normal(0, 2, size=300), 1).astype(np.float32)
-    assert metrics.pearson(labels, predictions) == pytest.approx(
+    assert scoring.pearson(labels, predictions) == pytest.approx(
         100 * scipy.stats.pearsonr(labels, predictions)[0]
     )
-    assert metrics.spearman(labels, predictions) == pytest.approx(
+    assert scoring.spearman(labels, predictions) == pytest.approx(
         100 * scipy.stats.spearmanr(labels, predictions)[0]
     )
 
 
 def test_degenerate_metrics_score_zero():
     labels = np.array([0, 1, 1, 0])
-    assert metrics.matthews(labels, np.zeros(4, int)) == 0.0
-    assert metrics.f1(np.zeros(4, int), np.zeros(4, int)) == 0.0
-    assert metrics.pearson(labels.astype(float), np.full(4, 2.5)) == 0.0
+    assert scoring.matthews(labels, np.zeros(4, int)) == 0.0
+    assert scoring.f1(np.zeros(4, int), np.zeros(4, int)) == 0.0
+    assert scoring.pearson(labels.astype(float), np.full(4, 2.5)) == 0.0
     with pytest.raises(ValueError, match="must be equal"):
-        metrics.accuracy(labels, labels[:3])
+        scoring.accuracy(labels, labels[:3])
 
 
 def test_averages_count_mnli_twice_for_cramming_and_once_for_glue():
@@ -383,12 +385,12 @@ def test_averages_count_mnli_twice_for_cramming_and_once_for_glue():
         "wnli": {"accuracy": 50.0},
     }
     tasks = {"cola": "cola", "mrpc": "mrpc", "mnli-m": "mnli", "mnli-mm": "mnli", "wnli": "wnli"}
-    averages = metrics.averages(rows, tasks)
+    averages = scoring.averages(rows, tasks)
     assert averages["cramming"]["value"] == pytest.approx((10 + 80 + 60 + 62) / 4)
     assert averages["cramming_without_cola"]["value"] == pytest.approx((80 + 60 + 62) / 3)
     assert averages["glue"]["value"] == pytest.approx((10 + 75 + 61 + 50) / 4)
     assert "wnli" not in averages["cramming"]["rows"]
-    assert metrics.averages({}, {})["glue"]["value"] is None
+    assert scoring.averages({}, {})["glue"]["value"] is None
 
 
 # ---- encoding --------------------------------------------------------------------------------------------
@@ -430,26 +432,6 @@ def test_truncation_keeps_prefixes_within_max_len(tokenizer):
     expected = [special.cls, *[tokenizer.token_to_id(w) for w in WORDS[:5]], special.sep]
     expected += [*[tokenizer.token_to_id(w) for w in WORDS[20:24]], special.sep]
     assert pair.tolist() == expected
-
-
-def test_bucketing_uses_few_shapes_and_covers_every_example_once(rng):
-    lengths = encoding.bucket_lengths((32, 64, 200), max_len=128)
-    assert lengths == (32, 64, 128)
-    sequences = [rng.integers(7, 100, size=int(n)).astype(np.int32) for n in rng.integers(1, 129, size=333)]
-    labels = rng.integers(2, size=333).astype(np.int32)
-    batches = list(encoding.batches(sequences, labels, 16, lengths, pad_id=0, rng=rng))
-    assert {b.token_ids.shape for b in batches} <= {(16, 32), (16, 64), (16, 128)}
-    assert len(batches) == encoding.num_batches(sequences, 16, lengths)
-    seen = np.concatenate([b.index[b.index >= 0] for b in batches])
-    assert sorted(seen.tolist()) == list(range(333))
-    for b in batches:
-        for row, i in enumerate(b.index):
-            n = len(sequences[i]) if i >= 0 else 0
-            assert b.attention_mask[row].sum() == n and b.weights[row] == (i >= 0)
-            if i >= 0:
-                assert b.token_ids.shape[1] == min(length for length in lengths if length >= n)
-                assert b.token_ids[row, :n].tolist() == sequences[i].tolist() and b.labels[row] == labels[i]
-                assert not b.token_ids[row, n:].any()
 
 
 # ---- workdir, fine-tuning, end to end ----------------------------------------------------------------------

@@ -1,13 +1,13 @@
-"""The jit-compiled inference API on a converted original-format checkpoint (tests/test_convert.py's tiny
-fixture: 3 trees of depth 2, max_len 16) against the model called directly."""
+"""The jit-compiled inference API on a converted original-format checkpoint (the tiny fixture of
+tests/test_original_format.py: 3 trees of depth 2, max_len 16) against the model called directly."""
 
 import jax
 import numpy as np
 import pytest
 
 from tests.helpers import tokens_and_mask
-from tests.test_convert import original_state_dict, small_arch, write_original
-from ufbert_jax import convert, inference
+from tests.test_original_format import original_state_dict, small_arch, write_original
+from ufbert_jax import inference, original_format
 from ufbert_jax.data.tokenizer import SpecialIds, encode_texts
 
 
@@ -15,7 +15,7 @@ from ufbert_jax.data.tokenizer import SpecialIds, encode_texts
 def converted(tmp_path, rng):
     """(MaskedLM, tokenizer) converted from a synthetic original-format FFF directory."""
     arch = small_arch("fff-3x2")
-    return convert.from_pretrained(
+    return original_format.from_pretrained(
         write_original(tmp_path / "original", arch, original_state_dict(arch, rng))
     )
 

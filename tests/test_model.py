@@ -1,5 +1,8 @@
 """The encoder, MLM and GLUE heads against the float64 NumPy implementation of the original."""
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,6 +98,16 @@ def test_any_k_by_d_preset_and_bad_names():
         config.ModelConfig(hidden=30, heads=4)
     with pytest.raises(ValueError, match="fff_depth=-1 must be >= 0"):
         config.ModelConfig(fff_depth=-1)
+
+
+def test_the_config_and_the_math_load_no_kernel():
+    # Reading a config or the FFF math must not import the Pallas kernels or the CPU custom call.
+    code = (
+        "import sys, ufbert_jax.config, ufbert_jax.fff_math; "
+        "print(*(m for m in sys.modules if m.startswith(('ufbert_jax.kernels', 'jax.experimental.pallas'))))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert loaded.split() == []
 
 
 def test_original_initialisation(rng):

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from benchmarks import prepare_h200_data, results_report
 from configs import glue_h200, h200_crammedbert_3072, h200_ultrafastbert_1x11
+from reproduce import prepare_h200_data, results_report
 from ufbert_jax.data.shards import FORMAT, TokenShards
 from ufbert_jax.glue.finetune import Recipe
 

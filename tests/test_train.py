@@ -29,7 +29,7 @@ import pytest
 from flax import nnx
 
 from configs import recipe
-from ufbert_jax import checkpoint as ckpt
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
 from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim
@@ -110,7 +110,7 @@ def saved_state(workdir, step) -> dict:
     """The raw arrays of a checkpoint step, read without any target (as a fresh process would)."""
     import orbax.checkpoint as ocp
 
-    with ckpt.manager(workdir) as mngr:
+    with workdir_lib.manager(workdir) as mngr:
         restored = mngr.restore(
             step,
             args=ocp.args.Composite(
@@ -172,7 +172,7 @@ def test_accumulation_applies_the_mean_every_k_microbatches():
 
 
 def real_params(name="tiny-fff") -> dict:
-    return ckpt.params_of(MaskedLM(preset(name, fff_impl="masked"), nnx.Rngs(0)))
+    return workdir_lib.params_of(MaskedLM(preset(name, fff_impl="masked"), nnx.Rngs(0)))
 
 
 @pytest.mark.parametrize("name", ["tiny-fff", "tiny-dense"])
@@ -244,7 +244,7 @@ def test_sparse_prediction_loss_matches_numpy_cross_entropy(rng):
 def test_two_step_smoke(tmp_path):
     record = run_train(tiny_config(steps=2, checkpoint_every=1), tmp_path)
     assert record["step"] == 2 and np.isfinite(record["train/loss"]) and record["lr"] > 0
-    assert ckpt.checkpoint_items(tmp_path, 2) >= {"params", "train", "meta"}
+    assert workdir_lib.checkpoint_items(tmp_path, 2) >= {"params", "train", "meta"}
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2]
     assert (tmp_path / "loss.png").stat().st_size > 1000
@@ -260,7 +260,7 @@ def test_four_steps_equal_two_then_resume_then_two_bitwise(tmp_path):
     run_train(tiny_config(), straight)
     with pytest.raises(Interrupted):
         run_train(tiny_config(), resumed, stop_after=3)  # saved at step 2, mid-accumulation (k=2)
-    assert ckpt.manager(resumed).latest_step() == 2
+    assert workdir_lib.manager(resumed).latest_step() == 2
     run_train(tiny_config(), resumed)  # fresh objects, everything from the workdir
     a, b = saved_state(straight, 4), saved_state(resumed, 4)
     for tree in ("params", "train"):
@@ -279,16 +279,16 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config = tiny_config(checkpoint_every=1, optimizer=dict(tiny_config().optimizer, lr=1e38))
     with pytest.raises(metrics.NonFiniteLossError, match=r"at step 2.*step 1 in"):
         run_train(config, tmp_path)
-    assert ckpt.manager(tmp_path).latest_step() == 1
+    assert workdir_lib.manager(tmp_path).latest_step() == 1
     model = MaskedLM(loop.model_config(config), nnx.Rngs(5))
-    assert ckpt.restore_params(tmp_path, model) == 1
-    assert all(np.isfinite(x).all() for x in jax.tree.leaves(ckpt.params_of(model)))
+    assert workdir_lib.restore_params(tmp_path, model) == 1
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(workdir_lib.params_of(model)))
 
 
 def test_continues_from_a_params_only_checkpoint_with_a_fresh_optimizer(tmp_path):
     config = tiny_config(steps=2)
     converted = MaskedLM(loop.model_config(config), nnx.Rngs(7))
-    ckpt.save_params(tmp_path, 100, converted)
+    workdir_lib.save_params(tmp_path, 100, converted)
     record = run_train(config, tmp_path)
     assert record["step"] == 102 and record["lr"] == pytest.approx(0.75e-3)  # p = 1/2 of a fresh budget
     meta = saved_state(tmp_path, 102)["meta"]
@@ -356,7 +356,7 @@ def test_sigkill_mid_run_then_resume(tmp_path, rng):
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()
-    saved = ckpt.manager(tmp_path).latest_step()
+    saved = workdir_lib.manager(tmp_path).latest_step()
     assert saved % 3 == 0
     resumed_from = saved_state(tmp_path, saved)["meta"]["step"]
     record = run_train(tiny_config(steps=saved + 3, checkpoint_every=3, log_every=3), tmp_path)
@@ -399,8 +399,8 @@ def test_missing_or_empty_corpus_fails_cleanly(tmp_path, corpus):
         (source / "a.txt").write_text("")
     with pytest.raises((FileNotFoundError, ValueError)):
         loop.train_and_evaluate(data_config(tmp_path, [source]), tmp_path / "work")
-    assert not (tmp_path / "work" / ckpt.CONFIG_FILE).exists()
-    assert not (tmp_path / "work" / ckpt.CHECKPOINT_DIR).exists()
+    assert not (tmp_path / "work" / workdir_lib.MODEL_CONFIG_FILE).exists()
+    assert not (tmp_path / "work" / workdir_lib.CHECKPOINT_DIR).exists()
 
 
 @pytest.mark.slow
@@ -414,7 +414,7 @@ def test_end_to_end_on_the_sample_corpus(tmp_path):
     train_losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert train_losses[-1] < train_losses[0]
     assert np.isfinite(record["eval/loss"])
-    assert ckpt.load_pretrained(tmp_path / "work").cfg.vocab_size == 1024
+    assert workdir_lib.load_pretrained(tmp_path / "work").cfg.vocab_size == 1024
 
 
 # ---- robustness: the corpus flag, damaged checkpoints, the metrics log, resume checks, Ctrl-C -------------
@@ -491,7 +491,7 @@ def copy_workdir(source: Path, target: Path) -> Path:
 
 
 def step_dir(workdir: Path, step: int) -> Path:
-    return workdir / ckpt.CHECKPOINT_DIR / str(step)
+    return workdir / workdir_lib.CHECKPOINT_DIR / str(step)
 
 
 def largest_file(folder: Path) -> Path:
@@ -620,7 +620,7 @@ def test_the_eval_of_a_checkpointed_step_is_recomputed_after_a_crash(tmp_path):
     model_cfg = loop.model_config(config)
     with pytest.raises(Interrupted):
         loop.train(config, tmp_path, model_cfg, RandomBatches(config, model_cfg), EvalBatches(config, True))
-    assert ckpt.manager(tmp_path).latest_step() == 2
+    assert workdir_lib.manager(tmp_path).latest_step() == 2
     evaluate = EvalBatches(config, False)
     record = loop.train(config, tmp_path, model_cfg, RandomBatches(config, model_cfg), evaluate)
     assert evaluate.calls == 2 and np.isfinite(record["eval/loss"])
@@ -665,13 +665,13 @@ def test_resume_with_model_json_missing_refuses_another_model_and_writes_nothing
     model = dict(fff_impl="masked", vocab_size=1024)
     config = tiny_config(steps=2, data=small_corpus, model_overrides=model)
     loop.train_and_evaluate(config, tmp_path)
-    (tmp_path / ckpt.CONFIG_FILE).unlink()
+    (tmp_path / workdir_lib.MODEL_CONFIG_FILE).unlink()
     other = tiny_config(steps=2, data=small_corpus, model_overrides=dict(model, hidden=32))
     with pytest.raises(ValueError, match=r"different model.*'hidden': \(64, 32\)"):
         loop.train_and_evaluate(other, tmp_path)
-    assert not (tmp_path / ckpt.CONFIG_FILE).exists()
+    assert not (tmp_path / workdir_lib.MODEL_CONFIG_FILE).exists()
     loop.train_and_evaluate(tiny_config(steps=4, data=small_corpus, model_overrides=model), tmp_path)
-    assert ckpt.load_config(tmp_path).hidden == 64
+    assert workdir_lib.load_config(tmp_path).hidden == 64
 
 
 def test_ctrl_c_saves_the_step_and_exits_130(tmp_path, small_corpus):
@@ -711,4 +711,7 @@ def test_ctrl_c_saves_the_step_and_exits_130(tmp_path, small_corpus):
     stopped = re.search(r"Interrupted: SIGINT at step (\d+); checkpoint step (\d+) in (.*): rerun", stderr)
     assert stopped and stopped[1] == stopped[2] and stopped[3] == str(workdir), stderr[-3000:]
     step = int(stopped[1])
-    assert ckpt.manager(workdir).latest_step() == step and saved_state(workdir, step)["meta"]["step"] == step
+    assert (
+        workdir_lib.manager(workdir).latest_step() == step
+        and saved_state(workdir, step)["meta"]["step"] == step
+    )

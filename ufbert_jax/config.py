@@ -13,11 +13,10 @@ import re
 
 import jax.numpy as jnp
 
-from ufbert_jax import fff
+from ufbert_jax.fff_names import check_impl, check_routing
 
 FEEDFORWARDS = ("dense", "fff")
 DTYPES = ("float32", "bfloat16")
-FFF_ROUTINGS = ("hard", "soft")  # ufbert_jax.fff_variants
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +59,7 @@ class ModelConfig:
     def __post_init__(self):
         if self.feedforward not in FEEDFORWARDS:
             raise ValueError(f"feedforward={self.feedforward!r}; expected one of {FEEDFORWARDS}")
-        fff.check_impl(self.fff_impl)
+        check_impl(self.fff_impl)
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype={self.dtype!r}; expected one of {DTYPES}")
         if self.hidden % self.heads:
@@ -72,8 +71,7 @@ class ModelConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
         if self.fff_depth < 0:
             raise ValueError(f"fff_depth={self.fff_depth} must be >= 0")
-        if self.fff_routing not in FFF_ROUTINGS:
-            raise ValueError(f"fff_routing={self.fff_routing!r}; expected one of {FFF_ROUTINGS}")
+        check_routing(self.fff_routing)
         if self.fff_hardening < 0:
             raise ValueError(f"fff_hardening={self.fff_hardening} must be >= 0")
         if not 0.0 <= self.fff_transpose < 1.0:

@@ -1,8 +1,9 @@
-"""The FFF implementation switch: the one place that knows which implementations exist and picks one.
+"""The FFF implementation switch: the one place that picks an implementation and runs it.
 
 Shape legend (docs/architecture.md): T tokens, H hidden, K trees, N nodes per tree, D depth.
 
-Implementations (``IMPLS``), all with the semantics and numerics of ``ufbert_jax.fff_math``:
+Implementations (named in ``ufbert_jax.fff_names.IMPLS``), all with the semantics and numerics of
+``ufbert_jax.fff_math``:
   * "masked", "conditional", "sparse": the pure-JAX forms of ``fff_math`` (masked: the original training
     form; conditional: the gather walk; sparse: the gather walk with a path-only VJP);
   * "pallas": the Pallas GPU inference kernels (``ufbert_jax.kernels.fff_pallas``);
@@ -26,13 +27,12 @@ import jax
 
 from ufbert_jax import fff_math
 from ufbert_jax.fff_math import paths
+from ufbert_jax.fff_names import check_impl
 from ufbert_jax.kernels import fff_cpu, fff_pallas
 
 Impl = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
 
-IMPLS = ("auto", "masked", "conditional", "sparse", "pallas", "cpu")
-
-__all__ = ["IMPLS", "Impl", "apply", "check_impl", "paths", "resolve_impl", "with_training_vjp"]
+__all__ = ["Impl", "apply", "paths", "resolve_impl", "with_training_vjp"]
 
 
 def with_training_vjp(inference: Impl, training: Impl) -> Impl:
@@ -117,13 +117,6 @@ def _resolve(impl: str, platform: str) -> Impl:
     if impl == "cpu":
         return with_training_vjp(fff_cpu.fff_cpu, fff_math.sparse)
     raise AssertionError(impl)
-
-
-def check_impl(impl: str) -> str:
-    """Returns `impl` if it names an implementation, else raises ValueError listing the names."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown FFF impl {impl!r}; expected one of {IMPLS}")
-    return impl
 
 
 def resolve_impl(impl: str, platform: str | None = None) -> Impl:

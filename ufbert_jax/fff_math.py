@@ -82,47 +82,55 @@ def _tree_ids(tokens: int, trees: int) -> jax.Array:
     return jnp.broadcast_to(jnp.arange(trees, dtype=jnp.int32), (tokens, trees))
 
 
+def child(node: jax.Array, right: jax.Array) -> jax.Array:
+    """Heap-order step: the right child 2n+2 where `right` (bool) holds, else the left child 2n+1."""
+    return 2 * node + 1 + right.astype(node.dtype)
+
+
 def next_node(node: jax.Array, logit: jax.Array) -> jax.Array:
-    """Heap-order step: left child 2n+1 when logit <= 0 (NaN included), right child 2n+2 when logit > 0."""
-    return 2 * node + 1 + (logit > 0).astype(node.dtype)
+    """The child a logit routes to: right (2n+2) when logit > 0, left (2n+1) when logit <= 0 or NaN."""
+    return child(node, logit > 0)
 
 
-def paths_from_logits(logits: jax.Array, depth: int) -> jax.Array:
-    """Visited node ids from dense logits.
+def path_map(right: jax.Array) -> jax.Array:
+    """The 0/1 map of the visited nodes from every node's decision (no gradient: the decisions are bools).
 
-    Args:
-      logits: [T, K, N] float32 logits of every node.
-      depth: D.
-    Returns:
-      [T, K, L] int32 node ids, root first.
+    right [T, K, N] bool: whether a token at node n goes to its right child -> [T, K, N] float32.
     """
-    node = jnp.zeros(logits.shape[:-1], jnp.int32)  # [T, K]
+    nodes = right.shape[-1]
+    node = jnp.zeros(right.shape[:-1], jnp.int32)  # [T, K], every token starts at the root
     visited = []
-    for _ in range(depth + 1):
+    for _ in range(depth_from_nodes(nodes) + 1):
         visited.append(node)
-        logit = jnp.take_along_axis(logits, node[..., None], axis=-1)[..., 0]  # [T, K]
-        node = next_node(node, logit)
-    return jnp.stack(visited, axis=-1)
+        node = child(node, jnp.take_along_axis(right, node[..., None], axis=-1)[..., 0])  # [T, K]
+    path = jnp.stack(visited, axis=-1)  # [T, K, L]
+    return jax.nn.one_hot(path, nodes, dtype=jnp.float32).sum(axis=-2)
 
 
-def _dense_logits(x, w_in, b_in) -> jax.Array:
-    """[T, H] x [K, N, H] -> [T, K, N] float32 logits."""
+def dense_logits(x, w_in, b_in) -> jax.Array:
+    """Every node's logit: x [T, H]; w_in [K, N, H]; b_in [K, N] -> [T, K, N] float32."""
     logits = jnp.einsum("th,knh->tkn", x, w_in, preferred_element_type=jnp.float32)
     return logits + b_in.astype(jnp.float32)
 
 
+def weighted_output(logits: jax.Array, weights: jax.Array, w_out: jax.Array, dtype) -> jax.Array:
+    """sum over trees and nodes of weights * GELU(logits) * w_out: [T, K, N] x2, [K, N, H] -> [T, H].
+
+    The weighted activation is rounded to the weights' dtype before the product, which accumulates in
+    float32; the result has `dtype`.
+    """
+    activations = (gelu(logits) * weights).astype(w_out.dtype)
+    y = jnp.einsum("tkn,knh->th", activations, w_out, preferred_element_type=jnp.float32)
+    return y.astype(dtype)
+
+
 def masked(x, w_in, b_in, w_out) -> jax.Array:
-    """The original training form: dense logits, stop-gradient path map, dense output product.
+    """The original training form: dense logits, a path map without gradient, dense output product.
 
     x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> [T, H].
     """
-    _, nodes, _ = w_in.shape
-    logits = _dense_logits(x, w_in, b_in)  # [T, K, N]
-    path = paths_from_logits(jax.lax.stop_gradient(logits), depth_from_nodes(nodes))  # [T, K, L]
-    on_path = jax.nn.one_hot(path, nodes, dtype=jnp.float32).sum(axis=-2)  # [T, K, N]
-    activations = (gelu(logits) * jax.lax.stop_gradient(on_path)).astype(w_out.dtype)
-    y = jnp.einsum("tkn,knh->th", activations, w_out, preferred_element_type=jnp.float32)
-    return y.astype(x.dtype)
+    logits = dense_logits(x, w_in, b_in)  # [T, K, N]
+    return weighted_output(logits, path_map(logits > 0), w_out, x.dtype)
 
 
 def walk(x, w_in, b_in):

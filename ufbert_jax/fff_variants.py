@@ -3,8 +3,10 @@
 Shape legend: T tokens, H hidden, K trees, N = 2^(D+1) - 1 nodes per tree (heap order), D depth,
 L = D + 1 levels.
 
-Each variant is chosen by a ModelConfig field; the default of every field is the original UltraFastBERT
-(ufbert_jax.fff_math: hard routing, no extra loss), which `Routing` then runs through `fff.apply` unchanged.
+Each variant is chosen by a ModelConfig field. The default of every field is the original UltraFastBERT
+(ufbert_jax.fff_math: hard routing, no extra loss), which model.FastFeedForward runs through fff.apply
+without this module; a layer holds a `Variant` only when its config asks for one (`wanted`). The variants
+build on fff_math's pieces (dense logits, the path walk, the weighted output product).
 
 Every node n of a tree is a neuron with logit z_n (float32, as in ufbert_jax.fff) and contribution
 GELU(z_n) w_out[n]. Write s_n for the weight of the right child 2n+2 and 1 - s_n for the left child 2n+1,
@@ -41,54 +43,37 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ufbert_jax import fff, fff_math
-from ufbert_jax.config import FFF_ROUTINGS, ModelConfig
+from ufbert_jax.config import ModelConfig
 
-HARDENING = "fff_hardening"  # the name Routing sows its per-layer hardening term under
-
-
-def node_logits(x: jax.Array, w_in: jax.Array, b_in: jax.Array) -> jax.Array:
-    """Every node's logit: x [T, H]; w_in [K, N, H]; b_in [K, N] -> [T, K, N] float32."""
-    logits = jnp.einsum("th,knh->tkn", x, w_in, preferred_element_type=jnp.float32)
-    return logits + b_in.astype(jnp.float32)
+HARDENING = "fff_hardening"  # the name Variant sows its per-layer hardening term under
 
 
-def _level_slices(depth: int) -> list[slice]:
-    """The heap-order node range of each level 0..D: level l holds nodes 2^l - 1 .. 2^(l+1) - 2."""
-    return [slice(2**level - 1, 2 ** (level + 1) - 1) for level in range(depth + 1)]
+def wanted(cfg: ModelConfig) -> bool:
+    """Whether `cfg` asks for any variant (else the layer is the original, run by fff.apply alone)."""
+    return cfg.fff_routing != "hard" or cfg.fff_transpose > 0 or cfg.fff_hardening > 0
 
 
 def reach_weights(right: jax.Array) -> jax.Array:
     """Reach weight of every node from the right-child weights s: [T, K, N] -> [T, K, N].
 
-    r_0 = 1, r_{2n+1} = r_n (1 - s_n), r_{2n+2} = r_n s_n. With s in {0, 1} this is the 0/1 path map.
+    r_0 = 1, r_{2n+1} = r_n (1 - s_n), r_{2n+2} = r_n s_n. With s in {0, 1} this is fff_math.path_map.
     """
     depth = fff_math.depth_from_nodes(right.shape[-1])
     levels = [jnp.ones((*right.shape[:-1], 1), right.dtype)]  # level 0: the root, [T, K, 1]
-    for level in _level_slices(depth)[:-1]:
-        reach, s = levels[-1], right[..., level]  # [T, K, 2^l] each
+    for level in range(depth):
+        reach, s = levels[-1], right[..., 2**level - 1 : 2 ** (level + 1) - 1]  # [T, K, 2^l] each
         children = jnp.stack([reach * (1 - s), reach * s], axis=-1)  # [T, K, 2^l, 2]: left, right
         levels.append(children.reshape(*reach.shape[:-1], 2 * reach.shape[-1]))  # heap order, [T, K, 2^(l+1)]
     return jnp.concatenate(levels, axis=-1)  # [T, K, N]
 
 
-def _mix(logits: jax.Array, weights: jax.Array, w_out: jax.Array, dtype) -> jax.Array:
-    """sum over trees and nodes of weights * GELU(logits) * w_out: [T, K, N] x2, [K, N, H] -> [T, H]."""
-    activations = (fff_math.gelu(logits) * weights).astype(w_out.dtype)
-    y = jnp.einsum("tkn,knh->th", activations, w_out, preferred_element_type=jnp.float32)
-    return y.astype(dtype)
+def hard(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, flip: jax.Array) -> jax.Array:
+    """Hard routing with the decisions where `flip` is True swapped: fff_math.masked with other decisions.
 
-
-def hard(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, flip: jax.Array | None = None):
-    """Hard routing with the decisions where `flip` is True swapped.
-
-    x [T, H]; w_in, w_out [K, N, H]; b_in [K, N]; flip [T, K, N] bool or None -> [T, H]. Without flips this is
-    fff_math.masked, the original training form; routing gets no gradient either way.
+    x [T, H]; w_in, w_out [K, N, H]; b_in [K, N]; flip [T, K, N] bool -> [T, H]. Routing gets no gradient.
     """
-    if flip is None:
-        return fff_math.masked(x, w_in, b_in, w_out)
-    logits = node_logits(x, w_in, b_in)  # [T, K, N]
-    go_right = (logits > 0) != flip  # [T, K, N]
-    return _mix(logits, reach_weights(go_right.astype(jnp.float32)), w_out, x.dtype)
+    logits = fff_math.dense_logits(x, w_in, b_in)  # [T, K, N]
+    return fff_math.weighted_output(logits, fff_math.path_map((logits > 0) != flip), w_out, x.dtype)
 
 
 def soft(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, flip: jax.Array | None = None):
@@ -96,11 +81,11 @@ def soft(x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, flip:
 
     x [T, H]; w_in, w_out [K, N, H]; b_in [K, N]; flip [T, K, N] bool or None -> [T, H].
     """
-    logits = node_logits(x, w_in, b_in)  # [T, K, N]
+    logits = fff_math.dense_logits(x, w_in, b_in)  # [T, K, N]
     right = jax.nn.sigmoid(logits)
     if flip is not None:
         right = jnp.where(flip, 1 - right, right)
-    return _mix(logits, reach_weights(right), w_out, x.dtype)
+    return fff_math.weighted_output(logits, reach_weights(right), w_out, x.dtype)
 
 
 def decision_entropy(x: jax.Array, w_in: jax.Array, b_in: jax.Array) -> jax.Array:
@@ -110,53 +95,27 @@ def decision_entropy(x: jax.Array, w_in: jax.Array, b_in: jax.Array) -> jax.Arra
     nodes of H(sigmoid(z)) = s softplus(-z) + (1 - s) softplus(z), s = sigmoid(z) (exact, no clipping); 0 for
     D = 0. In [0, ln 2].
     """
-    depth = fff_math.depth_from_nodes(w_in.shape[1])
-    if depth == 0:
+    internal = 2 ** fff_math.depth_from_nodes(w_in.shape[1]) - 1
+    if internal == 0:
         return jnp.zeros((), jnp.float32)
-    logits = node_logits(x, w_in[:, : 2**depth - 1], b_in[:, : 2**depth - 1])  # [T, K, 2^D - 1]
+    logits = fff_math.dense_logits(x, w_in[:, :internal], b_in[:, :internal])  # [T, K, 2^D - 1]
     s = jax.nn.sigmoid(logits)
     entropy = s * jax.nn.softplus(-logits) + (1 - s) * jax.nn.softplus(logits)
     return entropy.mean()
 
 
-def apply(
-    x: jax.Array,
-    w_in: jax.Array,
-    b_in: jax.Array,
-    w_out: jax.Array,
-    routing: str = "hard",
-    flip: jax.Array | None = None,
-    impl: str = "auto",
-) -> jax.Array:
-    """The FFF layer under a routing variant: x [..., H] -> [..., H]; flip [..., K, N] bool or None.
+class Variant(nnx.Module):
+    """The variants of one FFF layer (no parameters), as ModelConfig selects them; only where `wanted`.
 
-    Hard routing without flips is exactly fff.apply(x, w_in, b_in, w_out, impl); the other variants are
-    dense forms (the FFF implementation switch does not apply to them).
-    """
-    if routing not in FFF_ROUTINGS:
-        raise ValueError(f"unknown FFF routing {routing!r}; expected one of {FFF_ROUTINGS}")
-    if routing == "hard" and flip is None:
-        return fff.apply(x, w_in, b_in, w_out, impl=impl)
-    trees, nodes, _ = fff_math.check_shapes(x, w_in, b_in, w_out)
-    flat = x.reshape(-1, x.shape[-1])  # [..., H] -> [T, H]
-    if flip is not None:
-        if flip.shape != (*x.shape[:-1], trees, nodes):
-            raise ValueError(f"flip must be [..., K, N] = {(*x.shape[:-1], trees, nodes)}; got {flip.shape}")
-        flip = flip.reshape(flat.shape[0], trees, nodes)  # [..., K, N] -> [T, K, N]
-    form = hard if routing == "hard" else soft
-    return form(flat, w_in, b_in, w_out, flip).reshape(x.shape)
-
-
-class Routing(nnx.Module):
-    """The routing variant of one FFF layer (no parameters), as ModelConfig selects it.
-
-    model.FastFeedForward calls it in place of fff.apply. With the default config it is fff.apply. It draws
-    transpositions from its own fork of the "dropout" RNG stream (only when fff_transpose > 0) and sows the
-    layer's hardening term (only when fff_hardening > 0, and only inside nnx.capture: see `encode`).
+    model.FastFeedForward calls it in place of fff.apply. Soft routing and transpositions run the dense forms
+    above (the FFF implementation switch does not apply to them); hard routing without transpositions (the
+    hardening loss alone) runs fff.apply. It draws transpositions from its own fork of the "dropout" RNG
+    stream (only when fff_transpose > 0) and sows the layer's hardening term (only when fff_hardening > 0,
+    and only inside nnx.capture: see `encode`).
     """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.routing = cfg.fff_routing
+        self.soft = cfg.fff_routing == "soft"  # the config checked the name (fff_names.ROUTINGS)
         self.transpose = cfg.fff_transpose
         self.hardening = cfg.fff_hardening > 0
         self.rngs = rngs["dropout"].fork() if self.transpose > 0 else None
@@ -165,14 +124,22 @@ class Routing(nnx.Module):
         self, x: jax.Array, w_in: jax.Array, b_in: jax.Array, w_out: jax.Array, impl: str
     ) -> jax.Array:
         """x [..., H]; w_in, w_out [K, N, H]; b_in [K, N] -> [..., H]."""
+        fff_math.check_shapes(x, w_in, b_in, w_out)
+        flat = x.reshape(-1, x.shape[-1])  # [..., H] -> [T, H]
         flip = None
         if self.transpose > 0:
-            flip = jax.random.bernoulli(self.rngs(), self.transpose, (*x.shape[:-1], *b_in.shape))
-        y = apply(x, w_in, b_in, w_out, routing=self.routing, flip=flip, impl=impl)
+            flip = jax.random.bernoulli(
+                self.rngs(), self.transpose, (flat.shape[0], *b_in.shape)
+            )  # [T, K, N]
+        if self.soft:
+            y = soft(flat, w_in, b_in, w_out, flip)
+        elif flip is not None:
+            y = hard(flat, w_in, b_in, w_out, flip)
+        else:
+            y = fff.apply(flat, w_in, b_in, w_out, impl=impl)
         if self.hardening:
-            flat = x.reshape(-1, x.shape[-1])  # [..., H] -> [T, H]
             self.sow(nnx.Intermediate, HARDENING, decision_entropy(flat, w_in, b_in), capture_noop=True)
-        return y
+        return y.reshape(x.shape)
 
 
 def encode(model: nnx.Module, token_ids: jax.Array) -> tuple[jax.Array, jax.Array | float]:

@@ -10,7 +10,7 @@ Shape legend: B batch, S sequence, H hidden, V vocabulary, M masked positions.
 
 Token ids are checked on the host against the model's vocabulary before anything is compiled (an id out of
 range would otherwise read a clamped embedding row without any error). Put the model in eval mode first
-(`convert.from_pretrained` does), or dropout makes the outputs random.
+(`original_format.from_pretrained` does), or dropout makes the outputs random.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
+from ufbert_jax.data import bucketing
 from ufbert_jax.data.tokenizer import SpecialIds, encode_texts
 from ufbert_jax.model import Encoder, MaskedLM
 
@@ -89,10 +90,6 @@ def _top_k_at(graphdef, state, token_ids, attention_mask, rows, cols, vocab: int
     return jax.lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
 
 
-def _bucket(length: int, buckets: Sequence[int]) -> int:
-    return next(b for b in buckets if b >= length)
-
-
 def fill_mask_batch(
     model: MaskedLM,
     tokenizer: Tokenizer,
@@ -105,7 +102,8 @@ def fill_mask_batch(
 
     Each text is encoded in the original's single-sequence layout "A <sep>" (cut to the model's max_len)
     and padded to the smallest bucket length that holds it; texts of one bucket run in batches of
-    `batch_size` (the last one padded with empty rows), so at most one program per bucket is compiled for
+    `batch_size` (the last one padded with empty rows; ufbert_jax.data.bucketing), so at most one program
+    per bucket is compiled for
     the sequences, times the few power-of-two numbers of masked positions. A text without a mask gets [].
     Probabilities are a softmax over the tokenizer's vocabulary.
     """
@@ -114,43 +112,33 @@ def fill_mask_batch(
         raise ValueError(f"top_k={top_k} must be in [1, {vocab}] (the tokenizer's vocabulary)")
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1")
-    max_len = model.cfg.max_len
-    buckets = sorted({*(b for b in buckets if 2 <= b < max_len), max_len})
+    lengths = bucketing.bucket_lengths(buckets, model.cfg.max_len)
     special = SpecialIds.of(tokenizer)
-    encoded = encode_texts(tokenizer, (list(texts),), max_len) if texts else []
+    encoded = encode_texts(tokenizer, (list(texts),), model.cfg.max_len) if texts else []
     graphdef, state = nnx.split(model)
     results: list[list[list[tuple[str, float]]]] = [[] for _ in texts]
-    by_bucket: dict[int, list[int]] = {}
-    for index, ids in enumerate(encoded):
-        by_bucket.setdefault(_bucket(len(ids), buckets), []).append(index)
-    for length, members in sorted(by_bucket.items()):
-        for start in range(0, len(members), batch_size):
-            chunk = members[start : start + batch_size]
-            ids = np.full((batch_size, length), special.pad, np.int32)  # [B, S]
-            mask = np.zeros((batch_size, length), np.int32)
-            for row, index in enumerate(chunk):
-                ids[row, : len(encoded[index])] = encoded[index]
-                mask[row, : len(encoded[index])] = 1
-            rows, cols = np.nonzero((ids == special.mask) & (mask == 1))  # [M] each, row-major order
-            if rows.size == 0:
-                continue
-            slots = max(MIN_MASK_SLOTS, 1 << int(rows.size - 1).bit_length())
-            pad = slots - rows.size
-            probs, top = _top_k_at(
-                graphdef,
-                state,
-                check_token_ids(ids, model.cfg.vocab_size),
-                mask,
-                np.pad(rows, (0, pad)).astype(np.int32),
-                np.pad(cols, (0, pad)).astype(np.int32),
-                vocab,
-                top_k,
+    for batch in bucketing.batches(encoded, batch_size, lengths, special.pad):
+        ids, mask = batch.token_ids, batch.attention_mask  # [B, S] each
+        rows, cols = np.nonzero((ids == special.mask) & (mask == 1))  # [M] each, row-major order
+        if rows.size == 0:
+            continue
+        slots = max(MIN_MASK_SLOTS, 1 << int(rows.size - 1).bit_length())
+        pad = slots - rows.size
+        probs, top = _top_k_at(
+            graphdef,
+            state,
+            check_token_ids(ids, model.cfg.vocab_size),
+            mask,
+            np.pad(rows, (0, pad)).astype(np.int32),
+            np.pad(cols, (0, pad)).astype(np.int32),
+            vocab,
+            top_k,
+        )
+        probs, top = np.asarray(probs), np.asarray(top)
+        for m, row in enumerate(rows):
+            results[batch.index[row]].append(
+                [(tokenizer.id_to_token(int(i)), float(p)) for i, p in zip(top[m], probs[m], strict=True)]
             )
-            probs, top = np.asarray(probs), np.asarray(top)
-            for m, row in enumerate(rows):
-                results[chunk[row]].append(
-                    [(tokenizer.id_to_token(int(i)), float(p)) for i, p in zip(top[m], probs[m], strict=True)]
-                )
     return results
 
 

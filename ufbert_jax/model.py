@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ufbert_jax import fff_math, fff_variants, lookup
+from ufbert_jax import fff, fff_math, fff_variants, lookup
 from ufbert_jax.config import ModelConfig
 
 INIT_STD = 0.02
@@ -164,9 +164,11 @@ class DenseFeedForward(nnx.Module):
 
 
 class FastFeedForward(nnx.Module):
-    """The FFF feedforward: K trees of depth D; see ufbert_jax.fff for the math, fff_variants for variants.
+    """The FFF feedforward: K trees of depth D, run by fff.apply (ufbert_jax.fff_math has the math).
 
-    Parameters in the tree-major heap layout: w_in, w_out [K, N, H], b_in [K, N] (no output bias).
+    Parameters in the tree-major heap layout: w_in, w_out [K, N, H], b_in [K, N] (no output bias). A config
+    that asks for an FFF variant (soft routing, hardening loss, transpositions) adds a fff_variants.Variant,
+    which runs in place of fff.apply; the default config has none.
     """
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -176,17 +178,19 @@ class FastFeedForward(nnx.Module):
         self.w_in = nnx.Param(_normal(rngs.params(), shape, jnp.float32))
         self.b_in = nnx.Param(jnp.zeros(shape[:2], jnp.float32))
         self.w_out = nnx.Param(_normal(rngs.params(), shape, jnp.float32))
-        self.routing = fff_variants.Routing(cfg, rngs)
+        self.variant = fff_variants.Variant(cfg, rngs) if fff_variants.wanted(cfg) else None
 
     def __call__(self, h: jax.Array) -> jax.Array:
         """[B, S, H] -> [B, S, H]."""
-        return self.routing(
+        operands = (
             h.astype(self.dtype),
             self.w_in[...].astype(self.dtype),
             self.b_in[...],
             self.w_out[...].astype(self.dtype),
-            impl=self.impl,
         )
+        if self.variant is None:
+            return fff.apply(*operands, impl=self.impl)
+        return self.variant(*operands, impl=self.impl)
 
 
 class Block(nnx.Module):

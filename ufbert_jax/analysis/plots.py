@@ -1,4 +1,4 @@
-"""The routing figures, from the routing.json dict (ufbert_jax.analysis.report.routing_json).
+"""The routing figures, from the routing.json dict (ufbert_jax.analysis.routing_report.routing_json).
 
 routing_heatmap.png  per layer, node usage by level: log2 of each node's share of the tokens against the
                      uniform share 2^-l of level l (0: as often as a uniform split; grey: never visited);

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ufbert_jax import fff, fff_variants
+from ufbert_jax import fff, fff_math
 
 
 def layer_counts(
@@ -51,7 +51,7 @@ def layer_counts(
     )
 
     # Dense logits [T, K, N]: K*N is a few thousand for every preset, unlike gathered rows [T, K, L, H].
-    logits = jnp.take_along_axis(fff_variants.node_logits(x, w_in, b_in), paths, axis=-1)  # [T, K, L]
+    logits = jnp.take_along_axis(fff_math.dense_logits(x, w_in, b_in), paths, axis=-1)  # [T, K, L]
     abs_logit = (jnp.abs(logits) * weight).sum(axis=0)  # [K, L]
 
     clean = x.astype(jnp.float32)

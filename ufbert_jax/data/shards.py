@@ -31,11 +31,10 @@ from tqdm import tqdm
 
 from ufbert_jax import io
 from ufbert_jax.data.corpus import documents_from_spec
-from ufbert_jax.data.tokenizer import SpecialIds, id_bound, load_tokenizer, train_wordpiece
+from ufbert_jax.data.tokenizer import TOKENIZER_FILE, SpecialIds, id_bound, load_tokenizer, train_wordpiece
 
 FORMAT = "ufbert-jax-shards/1"
 MANIFEST_FILE = "manifest.json"
-TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_SHARD_ROWS = 262_144  # 64 MiB of uint16 rows at S=128: few files, each cheap to copy or mmap
 CHUNK_DOCUMENTS = 64  # documents per worker task: large enough to amortise pickling, small for a smooth bar
 # Keys that must agree for existing shards to be reused.

@@ -20,6 +20,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_toke
 from ufbert_jax import io
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<cls>", "<sep>", "<mask>")
+#: The tokenizer's file name wherever it travels: a workdir, a shard folder, an original-format checkpoint.
+TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclasses.dataclass(frozen=True)

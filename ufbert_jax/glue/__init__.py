@@ -1,4 +1,4 @@
-"""GLUE fine-tuning and evaluation: task specs and sources, encoding and bucketing, metrics, the
+"""GLUE fine-tuning and evaluation: task specs and sources, metrics, the
 fine-tuning loop and the results report (docs/glue.md)."""
 
 from ufbert_jax.glue.finetune import Pretrained, Recipe, evaluate_workdir, finetune_task, run_glue

@@ -26,10 +26,11 @@ from flax import nnx
 from tokenizers import Tokenizer
 from tqdm.auto import tqdm
 
-from ufbert_jax import checkpoint
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
+from ufbert_jax.data import bucketing
 from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts, load_tokenizer
-from ufbert_jax.glue import encoding, metrics, report
+from ufbert_jax.glue import report, scoring
 from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task, load_hub, load_local
 from ufbert_jax.model import SequenceClassifier
 
@@ -130,12 +131,13 @@ def predict_step(model: SequenceClassifier, token_ids: jax.Array, attention_mask
     return model(token_ids, attention_mask)
 
 
-def _device_batch(batch: encoding.Batch) -> dict:
+def _device_batch(batch: bucketing.Batch, labels: np.ndarray) -> dict:
+    """The train step's inputs: the padded batch, its rows' labels [B] and weights [B] (0 on padding rows)."""
     return {
         "token_ids": batch.token_ids,
         "attention_mask": batch.attention_mask,
-        "labels": batch.labels,
-        "weights": batch.weights,
+        "labels": np.where(batch.real, labels[batch.index], 0).astype(labels.dtype),
+        "weights": batch.real.astype(np.float32),
     }
 
 
@@ -144,14 +146,12 @@ def predict(
 ) -> np.ndarray:
     """Predictions [n] (class indices, or scores for regression) with dropout off, in example order."""
     model.eval()
-    lengths = encoding.bucket_lengths(recipe.buckets, recipe.max_len)
-    dummy_labels = np.zeros(len(sequences), np.int32)
+    lengths = bucketing.bucket_lengths(recipe.buckets, recipe.max_len)
     predictions = np.zeros(len(sequences), np.float32 if regression else np.int32)
-    for batch in encoding.batches(sequences, dummy_labels, recipe.eval_batch_size, lengths, pad_id):
+    for batch in bucketing.batches(sequences, recipe.eval_batch_size, lengths, pad_id):
         outputs = np.asarray(predict_step(model, batch.token_ids, batch.attention_mask))  # [B, C]
         values = outputs[:, 0] if regression else outputs.argmax(axis=-1)  # [B]
-        real = batch.index >= 0
-        predictions[batch.index[real]] = values[real]
+        predictions[batch.index[batch.real]] = values[batch.real]
     return predictions
 
 
@@ -169,11 +169,11 @@ class Pretrained:
         """Reads model.json and tokenizer.json; a tokenizer without the special tokens or with ids beyond
         the model's vocabulary is a ValueError."""
         workdir = Path(workdir)
-        cfg = checkpoint.load_config(workdir)
-        tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
-        tokenizer.no_truncation()  # truncation and padding are ours (encoding.py)
+        cfg = workdir_lib.load_config(workdir)
+        tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
+        tokenizer.no_truncation()  # truncation and padding are ours (encode_texts, ufbert_jax.data.bucketing)
         tokenizer.no_padding()
-        SpecialIds.of(tokenizer, checkpoint.tokenizer_path(workdir))  # before any task, naming the file
+        SpecialIds.of(tokenizer, workdir_lib.tokenizer_path(workdir))  # before any task, naming the file
         check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
         return cls(workdir, cfg, tokenizer, step)
 
@@ -183,7 +183,7 @@ class Pretrained:
             raise ValueError(f"max_len={recipe.max_len} exceeds the model's max_len={self.config.max_len}")
         cfg = self.config.replace(dropout=recipe.dropout, fff_impl=recipe.fff_impl)
         model = SequenceClassifier(cfg, num_labels, nnx.Rngs(params=recipe.seed, dropout=recipe.seed + 1))
-        step = checkpoint.restore_params(self.workdir, model, self.step)
+        step = workdir_lib.restore_params(self.workdir, model, self.step)
         return model, step
 
 
@@ -205,8 +205,8 @@ def train(
     """Trains `model` in place for recipe.epochs with a progress bar; returns the number of steps and the
     mean loss of each epoch. `sequences` are the encoded examples, `labels` [n] their labels."""
     rng = np.random.default_rng(recipe.seed)
-    lengths = encoding.bucket_lengths(recipe.buckets, recipe.max_len)
-    total_steps = recipe.epochs * encoding.num_batches(sequences, recipe.batch_size, lengths)
+    lengths = bucketing.bucket_lengths(recipe.buckets, recipe.max_len)
+    total_steps = recipe.epochs * bucketing.num_batches(sequences, recipe.batch_size, lengths)
     learning_rates = np.asarray(lr_schedule(recipe, total_steps)(np.arange(total_steps)), np.float32)
     optimizer = nnx.Optimizer(
         model, adamw(recipe.b1, recipe.b2, recipe.eps, recipe.weight_decay), wrt=nnx.Param
@@ -217,9 +217,11 @@ def train(
     with tqdm(total=total_steps, desc=f"{name:>5}", unit="step", dynamic_ncols=True) as bar:
         for _ in range(recipe.epochs):
             losses = []
-            for batch in encoding.batches(sequences, labels, recipe.batch_size, lengths, pad_id, rng):
+            for batch in bucketing.batches(sequences, recipe.batch_size, lengths, pad_id, rng):
                 losses.append(
-                    train_step(model, optimizer, _device_batch(batch), learning_rates[step], regression)
+                    train_step(
+                        model, optimizer, _device_batch(batch, labels), learning_rates[step], regression
+                    )
                 )
                 step += 1
                 bar.update()
@@ -251,7 +253,7 @@ def finetune_task(data: TaskData, pretrained: Pretrained, recipe: Recipe) -> dic
         predictions = predict(model, dev_sequences, recipe, pad_id, regression)
         dev[name] = {
             "examples": len(split),
-            "metrics": metrics.compute(spec.metrics, split.labels, predictions),
+            "metrics": scoring.compute(spec.metrics, split.labels, predictions),
         }
     return {
         "status": "ok",
@@ -275,7 +277,7 @@ def _record(tasks: dict, pretrained: Pretrained) -> dict:
         "workdir": str(pretrained.workdir),
         "model": dataclasses.asdict(pretrained.config),
         "tasks": dict(tasks),
-        "averages": metrics.averages(rows, row_tasks),
+        "averages": scoring.averages(rows, row_tasks),
     }
 
 

@@ -45,7 +45,7 @@ class TaskSpec:
       hub_text_columns: the same fields' names in `nyu-mll/glue`.
       label_column: TSV header name of the label.
       labels: the label strings of the TSV files in Hub ClassLabel order; None for regression (STS-B).
-      metrics: metric names (ufbert_jax.glue.metrics), the first being the one the cramming average uses.
+      metrics: metric names (ufbert_jax.glue.scoring), the first being the one the cramming average uses.
       dev_splits: the dev splits evaluated after training (MNLI has matched and mismatched).
       fixed_columns: column names of a header-less file (CoLA); None when the file has a header row.
     """

@@ -1,4 +1,4 @@
-"""Saving and resuming a pretraining run in its workdir (the format: ufbert_jax/checkpoint.py).
+"""Saving and resuming a pretraining run in its workdir (the format: ufbert_jax/workdir.py).
 
 A trainer step holds "params", "train" (the optimizer state) and "meta": where the run is (step, first
 step, elapsed seconds, every process's data-iterator state) and what it is (`run_identity`: seed,
@@ -26,8 +26,8 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ufbert_jax import checkpoint as ckpt
 from ufbert_jax import io
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.model import MaskedLM
 
@@ -84,7 +84,7 @@ def save(
     mngr.save(
         step,
         args=ocp.args.Composite(
-            params=ocp.args.StandardSave(ckpt.params_of(model)),
+            params=ocp.args.StandardSave(workdir_lib.params_of(model)),
             train=ocp.args.StandardSave({"optimizer": nnx.to_pure_dict(nnx.state(optimizer))}),
             meta=ocp.args.JsonSave(meta),
         ),
@@ -111,19 +111,21 @@ def _restore_trainer_step(
     try:
         saved = _restore_meta(mngr, step)
     except Exception as error:
-        raise ValueError(f"{step_dir / 'meta'} does not read: {ckpt.error_reason(error)}") from error
+        raise ValueError(f"{step_dir / 'meta'} does not read: {workdir_lib.error_reason(error)}") from error
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
     optimizer_state = nnx.state(optimizer)
     try:
         restored = mngr.restore(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract(ckpt.params_of(model))),
+                params=ocp.args.StandardRestore(abstract(workdir_lib.params_of(model))),
                 train=ocp.args.StandardRestore(abstract({"optimizer": nnx.to_pure_dict(optimizer_state)})),
             ),
         )
     except Exception as error:
-        raise ValueError(f"{step_dir} (params, train) does not read: {ckpt.error_reason(error)}") from error
+        raise ValueError(
+            f"{step_dir} (params, train) does not read: {workdir_lib.error_reason(error)}"
+        ) from error
     nnx.update(model, restored["params"])
     nnx.replace_by_pure_dict(optimizer_state, restored["train"]["optimizer"])
     nnx.update(optimizer, optimizer_state)
@@ -137,13 +139,13 @@ def _set_aside(workdir: Path, step: int) -> Path:
     while target.exists():
         target, suffix = workdir / DAMAGED_DIR / f"{step}.{suffix}", suffix + 1
     target.parent.mkdir(exist_ok=True)
-    shutil.move(workdir / ckpt.CHECKPOINT_DIR / str(step), target)
+    shutil.move(workdir / workdir_lib.CHECKPOINT_DIR / str(step), target)
     return target
 
 
 def _restore_converted(workdir: Path, step: int, model: MaskedLM) -> dict:
     """Restores the weights of a params-only step; the meta of a fresh budget counted from `step`."""
-    ckpt.restore_params(workdir, model, step)
+    workdir_lib.restore_params(workdir, model, step)
     log.info(
         "%s holds converted weights (params only, no optimizer state anywhere): continuing from step %d "
         "with a fresh optimizer and budget",
@@ -162,12 +164,12 @@ def restore(workdir: Path, model: MaskedLM, optimizer: nnx.Optimizer) -> dict:
     NoRestorableStepError, listing every step's reason, when no step restores.
     """
     fresh = {"step": 0, "first_step": 0, "elapsed_s": 0.0, "data_state": None}
-    if not (workdir / ckpt.CHECKPOINT_DIR).is_dir():
+    if not (workdir / workdir_lib.CHECKPOINT_DIR).is_dir():
         return fresh
     skipped = []
-    with ckpt.manager(workdir, create=False) as mngr:
+    with workdir_lib.manager(workdir, create=False) as mngr:
         steps = sorted(mngr.all_steps(), reverse=True)
-        items = {step: ckpt.checkpoint_items(workdir, step) for step in steps}
+        items = {step: workdir_lib.checkpoint_items(workdir, step) for step in steps}
         trained = any(items[step] & {"train", "meta"} for step in steps)
         for step in steps:
             try:
@@ -184,7 +186,7 @@ def restore(workdir: Path, model: MaskedLM, optimizer: nnx.Optimizer) -> dict:
                 return fresh
             reasons = "\n".join(f"  step {step}: {reason}" for step, reason in skipped)
             raise NoRestorableStepError(
-                f"no checkpoint step under {workdir / ckpt.CHECKPOINT_DIR} restores:\n{reasons}\n"
+                f"no checkpoint step under {workdir / workdir_lib.CHECKPOINT_DIR} restores:\n{reasons}\n"
                 "Move them away to start afresh in this workdir, or train in a new one."
             )
     if skipped:
@@ -199,11 +201,11 @@ def restore(workdir: Path, model: MaskedLM, optimizer: nnx.Optimizer) -> dict:
 
 def _newest_meta(workdir: Path) -> dict | None:
     """The meta of the newest step whose meta reads (None without one); reads only."""
-    if not (workdir / ckpt.CHECKPOINT_DIR).is_dir():
+    if not (workdir / workdir_lib.CHECKPOINT_DIR).is_dir():
         return None
-    with ckpt.manager(workdir, create=False) as mngr:
+    with workdir_lib.manager(workdir, create=False) as mngr:
         for step in sorted(mngr.all_steps(), reverse=True):
-            if "meta" in ckpt.checkpoint_items(workdir, step):
+            if "meta" in workdir_lib.checkpoint_items(workdir, step):
                 try:
                     return _restore_meta(mngr, step)
                 except Exception:  # a damaged step: restore() reports it and falls back
@@ -228,8 +230,8 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: Mo
     """
     problems = []
     saved = _newest_meta(workdir)
-    if (workdir / ckpt.CONFIG_FILE).is_file():
-        saved_model = dataclasses.asdict(ckpt.load_config(workdir))
+    if (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
+        saved_model = dataclasses.asdict(workdir_lib.load_config(workdir))
     else:
         saved_model = ((saved or {}).get("run") or {}).get("model", {})
     if differ := _model_differences(saved_model, model_cfg):
@@ -259,7 +261,7 @@ def prepare_workdir(workdir: Path, model_cfg: ModelConfig, tokenizer: Path) -> N
 
     The FFF implementation is saved as "auto": it is chosen where the model runs, not part of the model.
     """
-    if not (workdir / ckpt.CONFIG_FILE).is_file():
-        ckpt.save_config(workdir, model_cfg.replace(fff_impl="auto"))
-    if ckpt.tokenizer_path(workdir).resolve() != tokenizer.resolve():
-        io.write_bytes(ckpt.tokenizer_path(workdir), Path(tokenizer).read_bytes())
+    if not (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
+        workdir_lib.save_config(workdir, model_cfg.replace(fff_impl="auto"))
+    if workdir_lib.tokenizer_path(workdir).resolve() != tokenizer.resolve():
+        io.write_bytes(workdir_lib.tokenizer_path(workdir), Path(tokenizer).read_bytes())

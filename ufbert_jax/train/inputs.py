@@ -16,7 +16,7 @@ import grain
 import jax
 import ml_collections
 
-from ufbert_jax import checkpoint as ckpt
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data import loader, shards
 from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, load_tokenizer
@@ -62,7 +62,7 @@ def make_batches(config: ml_collections.ConfigDict, workdir: Path, model_cfg: Mo
     processes = jax.process_count()
     if config.microbatch % processes:
         raise ValueError(f"microbatch={config.microbatch} must be a multiple of the {processes} processes")
-    tokenizer = ckpt.tokenizer_path(workdir)
+    tokenizer = workdir_lib.tokenizer_path(workdir)
     if not tokenizer.is_file():
         tokenizer = Path(config.data.tokenizer)
     shard_dir = shards.prepare_shards(

@@ -22,7 +22,7 @@ import ml_collections
 from flax import nnx
 from tqdm import tqdm
 
-from ufbert_jax import checkpoint as ckpt
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
 from ufbert_jax.train import checkpointing, inputs, interrupt, metrics
@@ -183,7 +183,7 @@ def _train(
                 with phases("eval"):
                     log.write(record := _eval_record(step, model, mesh, eval_batches()))
         with (
-            ckpt.manager(workdir, max_to_keep=config.keep_checkpoints) as mngr,
+            workdir_lib.manager(workdir, max_to_keep=config.keep_checkpoints) as mngr,
             budget.bar(step, first_step, elapsed, main and config.progress_bar) as bar,
         ):
             last_saved, interrupted = mngr.latest_step(), False

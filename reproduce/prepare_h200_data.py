@@ -1,10 +1,13 @@
 """The data of the H200 reproduction (docs/RESULTS.md), prepared on a CPU machine into a folder that travels.
 
-    PYTHONPATH=. python benchmarks/prepare_h200_data.py --config=configs/h200_crammedbert_3072.py
+Reproduces the pretraining shards and the GLUE files that reproduce/reproduce_h200.sh reads on the H200.
+Run from the repository root, as a module (the config's `from configs import ...` needs the root on the
+path):
 
-from the repository root, with the shared data beside it (../shared/data); ~7 minutes on 2 busy cores.
-The config (either H200 config: they share configs/h200_recipe.py) names the corpus, the shard folder, the
-tokenizer path and the vocabulary size; the script makes them:
+    python -m reproduce.prepare_h200_data --config=configs/h200_crammedbert_3072.py
+
+~7 minutes on 2 busy cores. The config (either H200 config: they share configs/h200_recipe.py) names the
+corpus, the shard folder, the tokenizer path and the vocabulary size; the script makes them:
 
 1. A WordPiece vocabulary (32768 tokens) trained on the whole corpus (Wikipedia + Gutenberg).
 2. The whole corpus packed into shards of `--shard_rows` rows by `prepare_shards` (uint16 tokens).
@@ -14,6 +17,10 @@ tokenizer path and the vocabulary size; the script makes them:
    subsample under "subsample"; its sources stay those of the packing, which the configs repeat.
 4. The GLUE tasks that exist offline (`--glue_tasks`), train and dev TSVs, copied in the original layout
    into `--glue_out`.
+
+Machine-specific defaults: the corpus (configs/h200_recipe.py) and `--glue_dir` are this project's shared
+data beside the repository (../shared/data), and `--keep` fits the 64 MiB that our device command carries;
+pass your own elsewhere.
 
 Output: .device/shards-wiki-gutenberg-32768/{manifest.json, tokenizer.json, shard_*.npy}, .device/glue/.
 Rerunning it is a no-op (prepare_shards checks the manifest against the config's sources and tokenizer).
@@ -69,7 +76,7 @@ def subsample_shards(shard_dir: Path, keep: int) -> dict:
         "packed_shards": len(shards),
         "packed_rows": manifest["rows"],
         "kept": kept,
-        "how": "evenly spread whole shards of the packed corpus (benchmarks/prepare_h200_data.py)",
+        "how": "evenly spread whole shards of the packed corpus (reproduce/prepare_h200_data.py)",
     }
     new = {**manifest, "shards": [shards[i] for i in kept], "subsample": subsample}
     new["rows"] = sum(s["rows"] for s in new["shards"])

@@ -8,18 +8,19 @@ import pytest
 from flax import nnx
 
 from tests.helpers import randomise
-from ufbert_jax import checkpoint, config, model, state_dict
+from ufbert_jax import config, model, state_dict
+from ufbert_jax import workdir as workdir_lib
 
 
 def test_params_round_trip_into_mlm_and_classifier(tmp_path, rng):
     cfg = config.preset("tiny-fff", fff_trees=3, fff_depth=2)
     source = model.MaskedLM(cfg, nnx.Rngs(0))
     randomise(source, rng)
-    checkpoint.save_config(tmp_path, cfg)
-    checkpoint.save_params(tmp_path, 5, source)
-    checkpoint.save_params(tmp_path, 9, source)
+    workdir_lib.save_config(tmp_path, cfg)
+    workdir_lib.save_params(tmp_path, 5, source)
+    workdir_lib.save_params(tmp_path, 9, source)
 
-    loaded = checkpoint.load_pretrained(tmp_path)
+    loaded = workdir_lib.load_pretrained(tmp_path)
     assert loaded.cfg == cfg
     expected = state_dict.to_state_dict(source)
     got = state_dict.to_state_dict(loaded)
@@ -28,7 +29,7 @@ def test_params_round_trip_into_mlm_and_classifier(tmp_path, rng):
 
     classifier = model.SequenceClassifier(cfg, 3, nnx.Rngs(1))
     head_before = np.asarray(classifier.head.kernel[...])
-    assert checkpoint.restore_params(tmp_path, classifier, step=5) == 5
+    assert workdir_lib.restore_params(tmp_path, classifier, step=5) == 5
     np.testing.assert_array_equal(
         classifier.encoder.embedding.word.embedding[...], source.encoder.embedding.word.embedding[...]
     )
@@ -37,44 +38,44 @@ def test_params_round_trip_into_mlm_and_classifier(tmp_path, rng):
 
 def test_config_overrides_and_errors(tmp_path):
     cfg = config.preset("tiny-dense")
-    checkpoint.save_config(tmp_path, cfg)
-    assert checkpoint.load_config(tmp_path) == cfg
+    workdir_lib.save_config(tmp_path, cfg)
+    assert workdir_lib.load_config(tmp_path) == cfg
     with pytest.raises(FileNotFoundError, match="no checkpoint steps under"):
-        checkpoint.load_pretrained(tmp_path, dropout=0.0)
+        workdir_lib.load_pretrained(tmp_path, dropout=0.0)
     with pytest.raises(FileNotFoundError, match="is not a ufbert-jax workdir"):
-        checkpoint.load_config(tmp_path / "elsewhere")
-    (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps({"format": "other/9", "model": {}}))
+        workdir_lib.load_config(tmp_path / "elsewhere")
+    (tmp_path / workdir_lib.MODEL_CONFIG_FILE).write_text(json.dumps({"format": "other/9", "model": {}}))
     with pytest.raises(ValueError, match="format 'other/9', expected 'ufbert-jax/1'"):
-        checkpoint.load_config(tmp_path)
+        workdir_lib.load_config(tmp_path)
 
 
 @pytest.mark.parametrize(
     "text", ["", '{"format": "ufbert-jax/1", "mod', "[1, 2]", '{"format": "ufbert-jax/1"}']
 )
 def test_a_damaged_model_json_is_an_error_naming_it(tmp_path, text):
-    checkpoint.save_config(tmp_path, config.preset("tiny-fff"))
-    (tmp_path / checkpoint.CONFIG_FILE).write_text(text)
-    with pytest.raises(ValueError, match=rf"{tmp_path / checkpoint.CONFIG_FILE}"):
-        checkpoint.load_config(tmp_path)
+    workdir_lib.save_config(tmp_path, config.preset("tiny-fff"))
+    (tmp_path / workdir_lib.MODEL_CONFIG_FILE).write_text(text)
+    with pytest.raises(ValueError, match=rf"{tmp_path / workdir_lib.MODEL_CONFIG_FILE}"):
+        workdir_lib.load_config(tmp_path)
 
 
 def test_a_damaged_step_is_an_error_naming_its_folder(tmp_path):
     cfg = config.preset("tiny-fff")
-    checkpoint.save_params(tmp_path, 3, model.MaskedLM(cfg, nnx.Rngs(0)))
-    params = tmp_path / checkpoint.CHECKPOINT_DIR / "3" / "params"
+    workdir_lib.save_params(tmp_path, 3, model.MaskedLM(cfg, nnx.Rngs(0)))
+    params = tmp_path / workdir_lib.CHECKPOINT_DIR / "3" / "params"
     data = max((p for p in params.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
     data.write_bytes(data.read_bytes()[:100])
     with pytest.raises(ValueError, match=rf"{params} does not restore: .*"):
-        checkpoint.restore_params(tmp_path, model.MaskedLM(cfg, nnx.Rngs(1)))
+        workdir_lib.restore_params(tmp_path, model.MaskedLM(cfg, nnx.Rngs(1)))
 
 
 def test_model_json_is_replaced_atomically_with_the_umask_mode(tmp_path):
-    checkpoint.save_config(tmp_path, config.preset("tiny-fff"))
-    path = tmp_path / checkpoint.CONFIG_FILE
+    workdir_lib.save_config(tmp_path, config.preset("tiny-fff"))
+    path = tmp_path / workdir_lib.MODEL_CONFIG_FILE
     inode = path.stat().st_ino
-    checkpoint.save_config(tmp_path, config.preset("tiny-dense"))
-    assert path.stat().st_ino != inode and checkpoint.load_config(tmp_path) == config.preset("tiny-dense")
+    workdir_lib.save_config(tmp_path, config.preset("tiny-dense"))
+    assert path.stat().st_ino != inode and workdir_lib.load_config(tmp_path) == config.preset("tiny-dense")
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
-    assert [p.name for p in tmp_path.iterdir()] == [checkpoint.CONFIG_FILE]
+    assert [p.name for p in tmp_path.iterdir()] == [workdir_lib.MODEL_CONFIG_FILE]

@@ -1,8 +1,8 @@
 """Whole-model inference: crammedBERT-3072 vs UltraFastBERT-1x11 (every FFF implementation), side by side.
 
-    python benchmarks/inference.py [--batches 1,8,32,128,512] [--seq 128] [--rounds 3] [--quick]
-                                   [--impls auto,masked,conditional,cpu|pallas] [--heads encoder,mlm]
-                                   [--torch-compile-batches 128] [--no-torch] [--out DIR]
+    python benchmarks/model_inference.py [--batches 1,8,32,128,512] [--seq 128] [--rounds 3] [--quick]
+                                         [--impls auto,masked,conditional,cpu|pallas] [--heads encoder,mlm]
+                                         [--torch-compile-batches 128] [--no-torch] [--out DIR]
 
 Shape legend: B batch (sequences), S sequence, H hidden, V vocabulary.
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from ufbert_jax import checkpoint
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.analysis import capture, plots, routing
 from ufbert_jax.analysis.text import token_rows
 from ufbert_jax.data.tokenizer import check_vocabulary, load_tokenizer
@@ -118,12 +118,12 @@ def analyze_workdir(
 ) -> dict:
     """Analyses `workdir` on the text file; writes out/routing.json and the figures; returns the dict."""
     workdir, out = Path(workdir), Path(out)
-    cfg = checkpoint.load_config(workdir).replace(fff_impl=config.fff_impl, **HARD)
+    cfg = workdir_lib.load_config(workdir).replace(fff_impl=config.fff_impl, **HARD)
     if cfg.feedforward != "fff":
         raise ValueError(f"{workdir} holds a {cfg.feedforward!r} feedforward model: nothing to route")
     model = MaskedLM(cfg, nnx.Rngs(0))
-    step = checkpoint.restore_params(workdir, model, None if config.step < 0 else config.step)
-    tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
+    step = workdir_lib.restore_params(workdir, model, None if config.step < 0 else config.step)
+    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
     seq_len = config.seq_len or cfg.max_len
     ids, mask = token_rows(tokenizer, text, min(seq_len, cfg.max_len), max_tokens)

@@ -1,13 +1,10 @@
-"""GLUE text -> token ids in the pretraining layout, and length-bucketed, padded batches.
+"""Token sequences as length-bucketed, padded batches: the batching of GLUE fine-tuning and of fill-mask.
 
 Shape legend: B batch, S padded sequence length (one of the bucket lengths).
 
-Layout: ufbert_jax.data.tokenizer.encode_texts ("A <sep>" for one text, "<cls> A <sep> B <sep>" for a pair,
-truncated to max_len).
-
-Bucketing: each example is padded to the smallest bucket length that holds it (e.g. 32, 64 or 128) and every
-batch is padded to exactly B rows (padding rows have weight 0), so a jitted step sees at most one shape per
-bucket instead of one per batch.
+Each sequence is padded to the smallest bucket length that holds it (e.g. 32, 64 or 128) and every batch to
+exactly B rows (padding rows have index -1 and an all-zero attention mask), so a jitted step sees at most
+one shape per bucket instead of one per batch.
 """
 
 from __future__ import annotations
@@ -27,24 +24,20 @@ def bucket_lengths(buckets: Sequence[int], max_len: int) -> tuple[int, ...]:
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """One padded batch. token_ids, attention_mask [B, S] int32; labels [B] int32 or float32;
-    weights [B] float32 (0 on padding rows); index [B] int64 example positions (-1 on padding rows)."""
+    """One padded batch. token_ids, attention_mask [B, S] int32 (mask 1 on tokens, 0 on padding); index [B]
+    int64 the positions of the rows' sequences in the input (-1 on padding rows)."""
 
     token_ids: np.ndarray
     attention_mask: np.ndarray
-    labels: np.ndarray
-    weights: np.ndarray
     index: np.ndarray
 
+    @property
+    def real(self) -> np.ndarray:
+        """[B] bool: the rows that hold a sequence."""
+        return self.index >= 0
 
-def _pad_batch(
-    sequences: list[np.ndarray],
-    labels: np.ndarray,
-    rows: np.ndarray,
-    batch_size: int,
-    length: int,
-    pad_id: int,
-) -> Batch:
+
+def _pad_batch(sequences: Sequence[np.ndarray], rows: np.ndarray, batch_size: int, length: int, pad_id: int):
     token_ids = np.full((batch_size, length), pad_id, np.int32)
     attention_mask = np.zeros((batch_size, length), np.int32)
     for r, i in enumerate(rows):
@@ -52,29 +45,26 @@ def _pad_batch(
         attention_mask[r, : len(sequences[i])] = 1
     index = np.full(batch_size, -1, np.int64)
     index[: len(rows)] = rows
-    batch_labels = np.zeros(batch_size, labels.dtype)
-    batch_labels[: len(rows)] = labels[rows]
-    weights = (index >= 0).astype(np.float32)
-    return Batch(token_ids, attention_mask, batch_labels, weights, index)
+    return Batch(token_ids, attention_mask, index)
 
 
 def batches(
-    sequences: list[np.ndarray],
-    labels: np.ndarray,
+    sequences: Sequence[np.ndarray],
     batch_size: int,
     lengths: tuple[int, ...],
     pad_id: int,
     rng: np.random.Generator | None = None,
 ) -> Iterator[Batch]:
-    """Length-bucketed batches covering every example once.
+    """Length-bucketed batches covering every sequence once.
 
-    With `rng` (training) examples are shuffled within their bucket and the batches of all buckets are
-    shuffled together; without it (evaluation) the order is deterministic, bucket by bucket.
-    `lengths` come from `bucket_lengths`; an example longer than the last one is a ValueError.
+    With `rng` (training) sequences are shuffled within their bucket and the batches of all buckets are
+    shuffled together; without it (evaluation, inference) the order is deterministic, bucket by bucket and
+    in input order within a bucket. `lengths` come from `bucket_lengths`; a sequence longer than the last
+    one is a ValueError.
     """
     sizes = np.asarray([len(s) for s in sequences], np.int64)
     if len(sizes) and sizes.max() > lengths[-1]:
-        raise ValueError(f"an example has {sizes.max()} tokens, more than the largest bucket {lengths[-1]}")
+        raise ValueError(f"a sequence has {sizes.max()} tokens, more than the largest bucket {lengths[-1]}")
     bucket_of = np.searchsorted(np.asarray(lengths), sizes)  # smallest bucket length >= size
     plan = []
     for b, length in enumerate(lengths):
@@ -85,10 +75,10 @@ def batches(
     order = rng.permutation(len(plan)) if rng is not None else range(len(plan))
     for k in order:
         rows, length = plan[k]
-        yield _pad_batch(sequences, labels, rows, batch_size, length, pad_id)
+        yield _pad_batch(sequences, rows, batch_size, length, pad_id)
 
 
-def num_batches(sequences: list[np.ndarray], batch_size: int, lengths: tuple[int, ...]) -> int:
+def num_batches(sequences: Sequence[np.ndarray], batch_size: int, lengths: tuple[int, ...]) -> int:
     """How many batches `batches` yields for these sequences (the same for every shuffle)."""
     bucket_of = np.searchsorted(np.asarray(lengths), [len(s) for s in sequences])
     counts = np.bincount(bucket_of, minlength=len(lengths))

@@ -1,9 +1,12 @@
-# Installs this repository on the GPU machine the ordinary way. Source it from the repository root at the
-# start of every GPU command (`source benchmarks/gpu_env.sh`; running it with bash sets nothing up):
+# Installs this repository on the GPU machine the ordinary way: the setup that every GPU number of the docs
+# (docs/gpu_kernel.md, docs/sparse_training.md, docs/pretraining.md, docs/RESULTS.md) was measured after;
+# it reproduces nothing by itself. Source it from the repository root at the start of every GPU command
+# (running it with bash sets nothing up):
 #
-#     source benchmarks/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
+#     source reproduce/gpu_env.sh && python3 benchmarks/fff_layer_gpu.py --out $OUT
 #
-# The GPU machine receives a plain copy of the working tree and reaches no package registry. Its python3
+# Machine-specific, by design: it is written for our GPU machine, which receives a plain copy of the working
+# tree, reaches no package registry and returns what the command writes under $OUT. Its python3
 # already holds jax 0.11.2, flax, optax, orbax-checkpoint, chex, tokenizers, safetensors, tqdm, matplotlib,
 # scipy, scikit-learn, pytest and hypothesis, but not grain, ml_collections or datasets. So:
 #   1. the wheels in the git-ignored .whl/ folder (name `.whl` in the run's `carry`) go into /tmp/site, which
@@ -27,7 +30,7 @@ if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
         .whl/*.whl || return 1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 else
-    echo "gpu_env.sh: no .whl/*.whl here (name .whl in carry): grain, ml_collections, datasets are missing" >&2
+    echo "reproduce/gpu_env.sh: no .whl/*.whl here (name .whl in carry): grain, ml_collections, datasets are missing" >&2
 fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-build-isolation -e . || return 1
 export PYTHONUNBUFFERED=1

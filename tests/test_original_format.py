@@ -26,7 +26,8 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 
 from tests import reference_numpy as ref
 from tests.helpers import tokens_and_mask
-from ufbert_jax import checkpoint, config, convert, inference, model, state_dict
+from ufbert_jax import config, inference, model, original_format, state_dict
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.data.tokenizer import SpecialIds
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None
@@ -228,11 +229,11 @@ def logits_of(mlm, rng):
 @pytest.mark.parametrize("feedforward", list(FEEDFORWARDS))
 def test_mlm_logits_equal_the_float64_original(tmp_path, rng, feedforward):
     arch = small_arch(feedforward)
-    cfg = convert.config_from_arch(arch)
+    cfg = original_format.config_from_arch(arch)
     ids, mask = padded_tokens_and_mask(rng, cfg)
     assert mask[0].all() and not mask[-1].all(), "a full row and a padded one"
     sd, expected = well_conditioned(arch, rng, ids, mask)
-    mlm, _ = convert.from_pretrained(write_original(tmp_path, arch, sd))
+    mlm, _ = original_format.from_pretrained(write_original(tmp_path, arch, sd))
     got = np.asarray(mlm(ids, mask))
     err = np.abs(got - expected).max()
     print(
@@ -243,7 +244,7 @@ def test_mlm_logits_equal_the_float64_original(tmp_path, rng, feedforward):
 
 
 def test_published_arch_gives_the_1x11_model_and_the_published_shapes():
-    cfg = convert.config_from_arch(PUBLISHED_ARCH)
+    cfg = original_format.config_from_arch(PUBLISHED_ARCH)
     assert cfg == config.preset("ultrafastbert-1x11-long")
     mlm = nnx.eval_shape(lambda: model.MaskedLM(cfg, nnx.Rngs(0)))
     shapes = state_dict.expected_shapes(mlm)
@@ -257,7 +258,7 @@ def test_published_arch_gives_the_1x11_model_and_the_published_shapes():
     assert shapes["encoder.layers.0.ffn.linear_out.weight"] == (768, 4095)
     dense = {**PUBLISHED_ARCH, "intermed_type": "ff", "intermed_size": 3072}
     del dense["intermed_depth"]
-    assert convert.config_from_arch(dense) == config.preset("crammedbert-3072")
+    assert original_format.config_from_arch(dense) == config.preset("crammedbert-3072")
 
 
 @pytest.mark.parametrize(
@@ -270,9 +271,9 @@ def test_published_arch_gives_the_1x11_model_and_the_published_shapes():
     ids=["4x9", "dense", "tiny"],
 )
 def test_arch_round_trip(cfg):
-    arch = convert.arch_from_config(cfg)
+    arch = original_format.arch_from_config(cfg)
     assert json.loads(json.dumps(arch)) == arch
-    assert convert.config_from_arch(arch) == cfg
+    assert original_format.config_from_arch(arch) == cfg
 
 
 # --------------------------------------------------------------------------------------- round trips
@@ -280,8 +281,8 @@ def test_arch_round_trip(cfg):
 
 def test_original_to_ours_to_original_is_bit_exact(original, tmp_path, rng):
     directory, sd = original
-    mlm, tokenizer = convert.from_pretrained(directory)
-    exported = convert.save_pretrained(mlm, tokenizer, tmp_path / "exported")
+    mlm, tokenizer = original_format.from_pretrained(directory)
+    exported = original_format.save_pretrained(mlm, tokenizer, tmp_path / "exported")
     again = safetensors.numpy.load_file(exported / "model.safetensors")
     assert sorted(again) == sorted(sd)
     for key, value in sd.items():
@@ -290,20 +291,20 @@ def test_original_to_ours_to_original_is_bit_exact(original, tmp_path, rng):
     config_json = json.loads((exported / "config.json").read_text())
     assert config_json["model_type"] == "crammedBERT"
     assert config_json["architectures"] == ["ScriptableLMForPreTraining"]
-    assert convert.config_from_arch(config_json["arch"]) == mlm.cfg
+    assert original_format.config_from_arch(config_json["arch"]) == mlm.cfg
     assert Tokenizer.from_file(str(exported / "tokenizer.json")).to_str() == tokenizer.to_str()
     special = json.loads((exported / "special_tokens_map.json").read_text())
     assert special["mask_token"] == "<mask>" and special["pad_token"] == "<pad>"
     assert (
         json.loads((exported / "tokenizer_config.json").read_text())["model_max_length"] == SMALL["max_len"]
     )
-    reloaded, _ = convert.from_pretrained(exported)
+    reloaded, _ = original_format.from_pretrained(exported)
     first, ids, mask = logits_of(mlm, rng)
     np.testing.assert_array_equal(np.asarray(reloaded(ids, mask)), first)
 
 
 def test_special_ids_are_read_from_the_tokenizer_file(original):
-    _, tokenizer = convert.from_pretrained(original[0])
+    _, tokenizer = original_format.from_pretrained(original[0])
     ids = SpecialIds.of(tokenizer)
     assert (ids.unk, ids.sep, ids.mask, ids.pad, ids.eos, ids.cls, ids.bos) == tuple(range(7))
     assert tokenizer.encode("the cat").ids == [7, 8, 1]  # "A <sep>"
@@ -313,10 +314,10 @@ def test_decoder_copy_wins_when_the_tied_copies_differ(tmp_path, rng):
     arch = small_arch("fff-1x3")
     sd = original_state_dict(arch, rng)
     sd["decoder.weight"] = rng.standard_normal(sd["decoder.weight"].shape).astype(np.float32)
-    mlm, tokenizer = convert.from_pretrained(write_original(tmp_path / "original", arch, sd))
+    mlm, tokenizer = original_format.from_pretrained(write_original(tmp_path / "original", arch, sd))
     np.testing.assert_array_equal(mlm.encoder.embedding.word.embedding[...], sd["decoder.weight"])
     again = safetensors.numpy.load_file(
-        convert.save_pretrained(mlm, tokenizer, tmp_path / "out") / "model.safetensors"
+        original_format.save_pretrained(mlm, tokenizer, tmp_path / "out") / "model.safetensors"
     )
     np.testing.assert_array_equal(again["encoder.embedding.word_embedding.weight"], sd["decoder.weight"])
     np.testing.assert_array_equal(again["decoder.weight"], sd["decoder.weight"])
@@ -335,16 +336,16 @@ def test_cli_writes_a_workdir_that_train_and_eval_glue_load(original, tmp_path, 
     done = convert_script(f"--source={directory}", f"--workdir={workdir}")
     assert done.returncode == 0, done.stderr
     assert f"{directory} -> {workdir}:" in done.stdout
-    converted, tokenizer = convert.from_pretrained(directory)
-    loaded = checkpoint.load_pretrained(workdir)
+    converted, tokenizer = original_format.from_pretrained(directory)
+    loaded = workdir_lib.load_pretrained(workdir)
     loaded.eval()
     assert loaded.cfg == converted.cfg
     expected, ids, mask = logits_of(converted, rng)
     np.testing.assert_array_equal(np.asarray(loaded(ids, mask)), expected)
-    assert Tokenizer.from_file(str(checkpoint.tokenizer_path(workdir))).to_str() == tokenizer.to_str()
+    assert Tokenizer.from_file(str(workdir_lib.tokenizer_path(workdir))).to_str() == tokenizer.to_str()
     # eval_glue.py's path: a classifier takes the encoder weights and keeps its fresh head.
-    classifier = model.SequenceClassifier(checkpoint.load_config(workdir), 3, nnx.Rngs(0))
-    assert checkpoint.restore_params(workdir, classifier) == 0
+    classifier = model.SequenceClassifier(workdir_lib.load_config(workdir), 3, nnx.Rngs(0))
+    assert workdir_lib.restore_params(workdir, classifier) == 0
     np.testing.assert_array_equal(
         classifier.encoder.layers[1].ffn.w_in[...], converted.encoder.layers[1].ffn.w_in[...]
     )
@@ -356,14 +357,14 @@ def test_cli_writes_a_workdir_that_train_and_eval_glue_load(original, tmp_path, 
     for key, value in sd.items():
         np.testing.assert_array_equal(again[key], value, err_msg=key)
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
-        convert.to_workdir(directory, workdir)
+        original_format.to_workdir(directory, workdir)
 
 
 # ------------------------------------------------------------------------------------------ fill-mask
 
 
 def test_fill_mask_returns_the_top_k_tokens(original):
-    mlm, tokenizer = convert.from_pretrained(original[0])
+    mlm, tokenizer = original_format.from_pretrained(original[0])
     # Zero the final norm's scale: every position then outputs its bias b, and the logits are E @ b.
     vocab = tokenizer.get_vocab_size()
     embedding = np.zeros((SMALL["vocab"], SMALL["hidden"]), np.float32)
@@ -399,7 +400,7 @@ def test_bad_state_dict_lists_every_problem(tmp_path, rng):
     sd["encoder.layers.1.attn.self_attention.norm_factor"] = np.asarray(0.125, np.float32)
     directory = write_original(tmp_path / "bad", arch, sd)
     with pytest.raises(state_dict.StateDictError) as info:
-        convert.from_pretrained(directory)
+        original_format.from_pretrained(directory)
     message = str(info.value)
     for expected in (
         str(directory),
@@ -414,9 +415,9 @@ def test_bad_state_dict_lists_every_problem(tmp_path, rng):
 def test_unknown_intermed_type():
     arch = {**PUBLISHED_ARCH, "intermed_type": "moe"}
     with pytest.raises(
-        convert.ConversionError, match=r"intermed_type='moe' is not supported; expected one of"
+        original_format.ConversionError, match=r"intermed_type='moe' is not supported; expected one of"
     ):
-        convert.config_from_arch(arch)
+        original_format.config_from_arch(arch)
 
 
 def test_unsupported_arch_values_are_listed_together(tmp_path):
@@ -425,8 +426,8 @@ def test_unsupported_arch_values_are_listed_together(tmp_path):
     arch.update(norm_scheme="post", nonlin="GELUglu", tie_weights=False, decoder_bias=True, intermed_depth=-1)
     arch["embedding"].update(pos_embedding="learned", vocab_size=None)
     arch["attention"].update(qkv_bias=True, type="pytorch", dropout_prob=0.2)
-    with pytest.raises(convert.ConversionError) as info:
-        convert.config_from_arch(arch)
+    with pytest.raises(original_format.ConversionError) as info:
+        original_format.config_from_arch(arch)
     message = str(info.value)
     for expected in (
         "hidden_size is missing",
@@ -443,27 +444,28 @@ def test_unsupported_arch_values_are_listed_together(tmp_path):
     ):
         assert expected in message, message
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
-    with pytest.raises(convert.ConversionError, match=r"has no 'arch' dict \(keys: \['model_type'\]\)"):
-        convert.read_config(tmp_path)
+    no_arch = r"has no 'arch' dict \(keys: \['model_type'\]\)"
+    with pytest.raises(original_format.ConversionError, match=no_arch):
+        original_format.read_config(tmp_path)
 
 
 def test_missing_files_and_offline_hub(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"config\.json not found"):
-        convert.from_pretrained(tmp_path)
+        original_format.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"arch": small_arch("dense")}))
     with pytest.raises(FileNotFoundError, match=r"has neither model\.safetensors nor pytorch_model\.bin"):
-        convert.from_pretrained(tmp_path)
+        original_format.from_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="is not a directory"):
-        convert.from_pretrained(tmp_path / "absent")
+        original_format.from_pretrained(tmp_path / "absent")
 
     def offline(repo_id, **kwargs):
         raise OSError("no network")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with pytest.raises(
-        convert.ConversionError, match=r"could not be fetched.*no network.*hf download owner/model"
+        original_format.ConversionError, match=r"could not be fetched.*no network.*hf download owner/model"
     ):
-        convert.from_pretrained("owner/model")
+        original_format.from_pretrained("owner/model")
 
 
 def test_hub_id_downloads_the_checkpoint_files(original, monkeypatch):
@@ -474,7 +476,7 @@ def test_hub_id_downloads_the_checkpoint_files(original, monkeypatch):
         return str(original[0])
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", download)
-    mlm, _ = convert.from_pretrained("pbelcak/UltraFastBERT-1x11-long")
+    mlm, _ = original_format.from_pretrained("pbelcak/UltraFastBERT-1x11-long")
     assert mlm.cfg.fff_trees == 3
     assert calls[0][0] == "pbelcak/UltraFastBERT-1x11-long"
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(calls[0][1])
@@ -505,8 +507,9 @@ def _write_malicious_bin(tmp_path: Path, original_dir: Path) -> Path:
 )
 def test_torch_pickle_without_torch_is_never_unpickled(original, tmp_path):
     directory = _write_malicious_bin(tmp_path, original[0])
-    with pytest.raises(convert.ConversionError, match=r"torch is not installed: install torch .* or provide"):
-        convert.from_pretrained(directory)
+    no_torch = r"torch is not installed: install torch .* or provide"
+    with pytest.raises(original_format.ConversionError, match=no_torch):
+        original_format.from_pretrained(directory)
     assert not (tmp_path / "pwned").exists()
 
 
@@ -516,13 +519,13 @@ def test_torch_pickle_of_objects_is_refused(original, tmp_path):
 
     directory = _write_malicious_bin(tmp_path, original[0])
     with pytest.raises(
-        convert.ConversionError, match=r"refused, not a pickle of plain tensors.*Unsupported global"
+        original_format.ConversionError, match=r"refused, not a pickle of plain tensors.*Unsupported global"
     ):
-        convert.from_pretrained(directory)
+        original_format.from_pretrained(directory)
     assert not (tmp_path / "pwned").exists()
     torch.save({"weight": torch.zeros(2), "note": "not a tensor"}, directory / "pytorch_model.bin")
-    with pytest.raises(convert.ConversionError, match="entries that are not tensors: note: str"):
-        convert.read_state_dict(directory)
+    with pytest.raises(original_format.ConversionError, match="entries that are not tensors: note: str"):
+        original_format.read_state_dict(directory)
 
 
 @pytest.mark.skipif(not HAS_TORCH, reason=NO_TORCH)
@@ -535,7 +538,7 @@ def test_torch_pickle_of_tensors_loads_like_safetensors(original, tmp_path):
     for name in ("config.json", "tokenizer.json"):
         (bin_dir / name).write_bytes((directory / name).read_bytes())
     torch.save({key: torch.from_numpy(value) for key, value in sd.items()}, bin_dir / "pytorch_model.bin")
-    loaded = convert.read_state_dict(bin_dir)
+    loaded = original_format.read_state_dict(bin_dir)
     assert sorted(loaded) == sorted(sd)
     for key, value in sd.items():
         np.testing.assert_array_equal(loaded[key], value, err_msg=key)
@@ -566,7 +569,7 @@ def test_damaged_files_are_named(original, name, damage, message):
     path = directory / name
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(ValueError, match=rf"{directory}/{message}"):
-        convert.from_pretrained(directory)
+        original_format.from_pretrained(directory)
 
 
 def test_non_finite_or_non_float_weights_are_refused(tmp_path, rng):
@@ -576,7 +579,7 @@ def test_non_finite_or_non_float_weights_are_refused(tmp_path, rng):
     sd["encoder.final_norm.bias"][0] = np.inf
     sd["encoder.layers.1.norm1.weight"] = np.ones(SMALL["hidden"], np.int32)
     with pytest.raises(state_dict.StateDictError) as info:
-        convert.from_pretrained(write_original(tmp_path / "bad", arch, sd))
+        original_format.from_pretrained(write_original(tmp_path / "bad", arch, sd))
     for expected in (
         "encoder.layers.0.attn.dense.weight: 1 of 1024 values are NaN or infinite",
         "encoder.final_norm.bias: 1 of 32 values are NaN or infinite",
@@ -586,17 +589,17 @@ def test_non_finite_or_non_float_weights_are_refused(tmp_path, rng):
 
 
 def test_export_refuses_non_finite_weights_and_writes_readable_files(original, tmp_path):
-    mlm, tokenizer = convert.from_pretrained(original[0])
+    mlm, tokenizer = original_format.from_pretrained(original[0])
     old = os.umask(0o022)
     try:
-        exported = convert.save_pretrained(mlm, tokenizer, tmp_path / "exported")
+        exported = original_format.save_pretrained(mlm, tokenizer, tmp_path / "exported")
         workdir = tmp_path / "workdir"
-        convert.to_workdir(original[0], workdir)
+        original_format.to_workdir(original[0], workdir)
     finally:
         os.umask(old)
     files = [*exported.iterdir(), workdir / "model.json", workdir / "tokenizer.json"]
     assert len(files) == 7 and {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o644"}, files
     mlm.encoder.layers[0].ffn.w_in[...] = mlm.encoder.layers[0].ffn.w_in[...].at[0, 0, 0].set(np.nan)
     with pytest.raises(state_dict.StateDictError, match=r"refusing to export:\n  encoder\.layers\.0\.ffn"):
-        convert.save_pretrained(mlm, tokenizer, tmp_path / "nan")
+        original_format.save_pretrained(mlm, tokenizer, tmp_path / "nan")
     assert not (tmp_path / "nan" / "model.safetensors").exists()

@@ -10,7 +10,7 @@ The original directory (docs/published_model.md; written by the cramming code's 
 
 `config_from_arch` maps the `arch` dict to a ModelConfig and refuses every setting that would change the
 outputs and that our model does not implement; `ufbert_jax.state_dict` maps and checks the tensors.
-`to_workdir` turns an original directory (or hub id) into a ufbert-jax workdir (ufbert_jax.checkpoint)
+`to_workdir` turns an original directory (or hub id) into a ufbert-jax workdir (ufbert_jax.workdir)
 that train.py continues pretraining from and eval_glue.py fine-tunes from; `from_workdir` exports a
 workdir back to the original format. The command line is the top-level convert.py.
 """
@@ -27,19 +27,25 @@ import safetensors.numpy
 from flax import nnx
 from tokenizers import Tokenizer
 
-from ufbert_jax import checkpoint, io
+from ufbert_jax import io
 from ufbert_jax import state_dict as state_dict_lib
+from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
-from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds, check_vocabulary, load_tokenizer
+from ufbert_jax.data.tokenizer import (
+    SPECIAL_TOKENS,
+    TOKENIZER_FILE,
+    SpecialIds,
+    check_vocabulary,
+    load_tokenizer,
+)
 from ufbert_jax.model import CLASSIFIER_WIDTH, INIT_STD, MaskedLM
 
-CONFIG_FILE = "config.json"
+ORIGINAL_CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 TORCH_FILE = "pytorch_model.bin"
-TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
-_HUB_FILES = [CONFIG_FILE, SAFETENSORS_FILE, TORCH_FILE, TOKENIZER_FILE]
+_HUB_FILES = [ORIGINAL_CONFIG_FILE, SAFETENSORS_FILE, TORCH_FILE, TOKENIZER_FILE]
 
 MODEL_TYPE = "crammedBERT"
 ARCHITECTURES = ["ScriptableLMForPreTraining"]
@@ -250,7 +256,7 @@ def arch_from_config(cfg: ModelConfig) -> dict:
 
 def read_config(directory: str | Path) -> ModelConfig:
     """The ModelConfig of an original directory's config.json."""
-    path = Path(directory) / CONFIG_FILE
+    path = Path(directory) / ORIGINAL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {directory} is not an original-format checkpoint")
     data = io.read_json(path)
@@ -388,7 +394,7 @@ def save_pretrained(model: MaskedLM, tokenizer: Tokenizer, out_dir: str | Path) 
     problems = state_dict_lib.bad_values(state)
     if problems:
         raise state_dict_lib.StateDictError("refusing to export:\n  " + "\n  ".join(problems))
-    io.write_text(out_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+    io.write_text(out_dir / ORIGINAL_CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     # "format": "pt" is the metadata transformers expects to load a safetensors file into PyTorch.
     io.write_bytes(out_dir / SAFETENSORS_FILE, safetensors.numpy.save(state, metadata={"format": "pt"}))
     io.write_text(out_dir / TOKENIZER_FILE, tokenizer.to_str(pretty=True))
@@ -408,18 +414,18 @@ def to_workdir(path_or_id: str | Path, workdir: str | Path) -> MaskedLM:
 
     train.py continues pretraining from it with a fresh optimizer; eval_glue.py fine-tunes from it.
     """
-    steps = Path(workdir) / checkpoint.CHECKPOINT_DIR
+    steps = Path(workdir) / workdir_lib.CHECKPOINT_DIR
     if steps.exists() and any(steps.iterdir()):
         raise FileExistsError(f"{steps} already holds checkpoints; convert into an empty workdir")
     model, tokenizer = from_pretrained(path_or_id)
-    checkpoint.save_config(workdir, model.cfg)
-    io.write_text(checkpoint.tokenizer_path(workdir), tokenizer.to_str(pretty=True))
-    checkpoint.save_params(workdir, 0, model)
+    workdir_lib.save_config(workdir, model.cfg)
+    io.write_text(workdir_lib.tokenizer_path(workdir), tokenizer.to_str(pretty=True))
+    workdir_lib.save_params(workdir, 0, model)
     return model
 
 
 def from_workdir(workdir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
     """Exports a workdir's step (default: the latest) to the original format."""
-    model = checkpoint.load_pretrained(workdir, step)
-    tokenizer = load_tokenizer(checkpoint.tokenizer_path(workdir))
+    model = workdir_lib.load_pretrained(workdir, step)
+    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     return save_pretrained(model, tokenizer, out_dir)

@@ -25,23 +25,23 @@ from flax import nnx
 
 from ufbert_jax import io
 from ufbert_jax.config import ModelConfig
+from ufbert_jax.data.tokenizer import TOKENIZER_FILE
 from ufbert_jax.model import MaskedLM
 
 FORMAT = "ufbert-jax/1"
-CONFIG_FILE = "model.json"
-TOKENIZER_FILE = "tokenizer.json"
+MODEL_CONFIG_FILE = "model.json"
 CHECKPOINT_DIR = "checkpoints"
 
 
 def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
     """Writes workdir/model.json (atomically: a crash leaves the old file or the new one)."""
     text = json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n"
-    io.write_text(Path(workdir) / CONFIG_FILE, text)
+    io.write_text(Path(workdir) / MODEL_CONFIG_FILE, text)
 
 
 def load_config(workdir: str | Path) -> ModelConfig:
     """The ModelConfig of workdir/model.json; errors name the file and what is wrong with it."""
-    path = Path(workdir) / CONFIG_FILE
+    path = Path(workdir) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a ufbert-jax workdir")
     data = io.read_json(path)  # a damaged file: FileFormatError (a ValueError) naming it

@@ -1,9 +1,13 @@
 """The H200 reproduction's results: run records on the device, then docs/RESULTS.md's tables and loss plot.
 
-    python benchmarks/results_report.py report docs/results/h200_* --doc docs/RESULTS.md \
+Reproduces docs/RESULTS.md's results (between its RESULTS markers) and docs/results/h200_mlm_loss.png from
+the run folders. Run from the repository root, as a module (run-info loads a config file, whose
+`from configs import ...` needs the root on the path):
+
+    python -m reproduce.results_report report docs/results/h200_* --doc docs/RESULTS.md \
         --plot docs/results/h200_mlm_loss.png
 
-`report` reads each run folder that benchmarks/reproduce_h200.sh brought back (run.json, metrics.jsonl,
+`report` reads each run folder that reproduce/reproduce_h200.sh brought back (run.json, metrics.jsonl,
 results.json), rewrites the part of --doc between the RESULTS markers (pretraining table, GLUE table beside
 the paper's rows, the UltraFastBERT / crammedBERT ratios) and draws every run's MLM loss curves, training
 and held-out, against wall-clock seconds and tokens seen into one PNG. On the device the script makes those
@@ -26,10 +30,11 @@ from absl import flags
 from ml_collections import config_flags
 
 from ufbert_jax.config import preset
-from ufbert_jax.glue import metrics, report
+from ufbert_jax.data.shards import MANIFEST_FILE
+from ufbert_jax.glue import report, scoring
 from ufbert_jax.glue.tasks import get_task
 
-BEGIN, END = "<!-- RESULTS:BEGIN (benchmarks/results_report.py) -->", "<!-- RESULTS:END -->"
+BEGIN, END = "<!-- RESULTS:BEGIN (reproduce/results_report.py) -->", "<!-- RESULTS:END -->"
 OUR_TASKS = ("cola", "sst2", "mrpc", "stsb", "rte")  # the GLUE tasks whose data exist offline
 SHOWN_METRIC = {"cola": "MCC", "sst2": "acc", "mrpc": "F1", "stsb": "Pearson", "rte": "acc"}
 # Belcak & Wattenhofer 2023, GLUE dev (no CoLA reported); MNLI, QNLI and QQP are not in our data.
@@ -61,7 +66,7 @@ def merge_glue(paths: list[Path], tasks: list[str]) -> dict:
     records = merged["tasks"].values()
     rows = {row: scored["metrics"] for record in records for row, scored in record.get("dev", {}).items()}
     row_tasks = {row: name for name, record in merged["tasks"].items() for row in record.get("dev", {})}
-    merged["averages"] = metrics.averages(rows, row_tasks)
+    merged["averages"] = scoring.averages(rows, row_tasks)
     return merged
 
 
@@ -74,7 +79,7 @@ def resolved_train_config(train_flags: list[str]) -> dict:
 
 def run_info(name: str, device: str, seconds: str, train_flags: list[str]) -> dict:
     config = resolved_train_config(train_flags)
-    manifest = Path(config["data"]["shard_dir"]) / "manifest.json"
+    manifest = Path(config["data"]["shard_dir"]) / MANIFEST_FILE
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
