@@ -213,9 +213,11 @@ def _train(
                 save_now = finished or every(config.checkpoint_every, step) or interrupted
                 log_now = finished or every(config.log_every, step)
                 if save_now or log_now:
+                    with phases("device"):
+                        jax.block_until_ready(list(in_flight))
+                    in_flight.clear()
                     with phases("metrics"):
                         window.check(last_saved, workdir)
-                        in_flight.clear()  # the check waited for every step dispatched so far
                 if log_now:
                     extra = dict(
                         lr=lr * multiplier, batch=accumulate * config.microbatch, progress=min(progress, 1.0)
