@@ -83,13 +83,14 @@ def resolve_attention_impl(impl: str, cfg: ModelConfig, platform: str | None = N
     "auto": cuDNN flash attention (``jax.nn.dot_product_attention(implementation="cudnn")``) on GPU for
     16-bit compute with a head dim it takes, the softmax written out for XLA everywhere else (on CPU that
     was 1.5x faster than ``dot_product_attention``'s own XLA form at 32 x 128 tokens). "xla" and "cudnn"
-    force one.
+    force one. `platform` defaults to ``fff.resolve_platform()``: an export's target platform
+    (``fff.target_platform``), else the default backend.
     """
     if impl not in ATTENTION_IMPLS:
         raise ValueError(f"unknown attention impl {impl!r}; expected one of {ATTENTION_IMPLS}")
     if impl != "auto":
         return impl
-    platform = platform or jax.default_backend()
+    platform = fff.resolve_platform(platform)
     takes = cfg.compute_dtype in (jnp.bfloat16, jnp.float16) and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128
     return "cudnn" if platform == "gpu" and takes else "xla"
 
