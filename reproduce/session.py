@@ -252,9 +252,15 @@ def start(args: argparse.Namespace, train_flags: list[str]) -> int:
 # ---- the pipeline (background) -----------------------------------------------------------------------
 
 
+_stopping = False  # set by the pipeline's SIGTERM handler: `stop` has signalled the whole process group
+
+
 def _terminate(process: subprocess.Popen) -> None:
+    """SIGTERM (unless `stop` already sent it: a second one makes train.py quit without saving), a grace
+    period, then SIGKILL."""
     if process.poll() is None:
-        process.terminate()
+        if not _stopping:
+            process.terminate()
         try:
             process.wait(TERMINATE_GRACE_S)
         except subprocess.TimeoutExpired:
@@ -382,7 +388,13 @@ def _stage(session: Session, state: dict, name: str) -> dict:
 def pipeline(session: Session) -> int:
     """Train, benchmark, GLUE, record: the background process that `start` launches."""
     plan, state = session.plan(), {"stage": "starting", "stages": {}, "jobs": {}, "error": None}
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # `stop`: finally runs
+
+    def stopped(signum, frame):
+        global _stopping
+        _stopping = True
+        sys.exit(128 + signum)  # the finally clauses below and in _run_child / run_glue still run
+
+    signal.signal(signal.SIGTERM, stopped)
     try:
         stage = _stage(session, state, "train")
         exit_code = _run_child(train_command(session, plan), session.dir / "train.log", plan["deadline"])
@@ -408,7 +420,8 @@ def pipeline(session: Session) -> int:
             stage["end"] = _now()
         state["stage"] = "done"
     except BaseException as err:
-        state.update(stage="failed", error=f"{type(err).__name__}: {err}")
+        stop = isinstance(err, SystemExit)
+        state.update(stage="failed", error="stopped by SIGTERM" if stop else f"{type(err).__name__}: {err}")
         raise
     finally:
         session.write_state(state)
