@@ -101,7 +101,7 @@ def summary(run: dict) -> dict:
         "model": config["model"],
         "dense": config["model"].startswith("crammedbert") or config["model"] == "tiny-dense",
         "card": _card(run),
-        "budget": f"{60 * config['budget_hours']:g} min" if time_budget else f"{config['steps']:,} steps",
+        "budget": f"{60 * config['budget_hours']:.3g} min" if time_budget else f"{config['steps']:,} steps",
         "budget_s": 3600 * config["budget_hours"] if time_budget else None,
         "stage": run["stage"],
         "finished": run["stage"] == "done" or run["train"]["exit_code"] == 0,
@@ -171,12 +171,17 @@ def averages(scores: dict[str, float | None]) -> dict[str, float | None]:
 # ---- readings across runs ----------------------------------------------------------------------------
 
 
+def _evaluated(run: dict) -> bool:
+    return run["summary"].get("final_eval_tokens") is not None
+
+
 def time_runs(runs: list[dict]) -> list[dict]:
-    return [r for r in runs if r["summary"]["budget_s"] and r["summary"]["steps"]]
+    """The runs with a wall-clock budget and at least one held-out evaluation."""
+    return [r for r in runs if r["summary"]["budget_s"] and _evaluated(r)]
 
 
 def baseline(runs: list[dict]) -> dict | None:
-    """The dense time-budget run every ratio is taken against."""
+    """The dense time-budget run every ratio is taken against (None if it has no evaluation)."""
     return next((r for r in time_runs(runs) if r["summary"]["dense"]), None)
 
 
@@ -216,7 +221,7 @@ def end_of_schedule(runs: list[dict]) -> list[dict]:
     rows = []
     for run in runs:
         s = run["summary"]
-        if s["budget_s"] or not s["steps"]:
+        if s["budget_s"] or not _evaluated(run):
             continue
         others = []
         for other in time_runs(runs):

@@ -239,8 +239,14 @@ def test_glue_medians_averages_ratios_and_what_is_missing(records, tmp_path):
     doc = tmp_path / "RESULTS.md"
     doc.write_text(f"head\n{results_report.BEGIN}\nold\n{results_report.END}\ntail\n")
     plot, summary = tmp_path / "loss.png", tmp_path / "summary.json"
-    results_report.write_report([records["dense"], records["fff"]], doc, plot, summary)
+    broken = json.loads(records["fff"].read_text())  # a session whose training died before any record
+    broken.update(name="broken", stage="failed", glue={"seeds": {"rte": 3}, "parallel": 8, "jobs": []})
+    broken["train"] = {"exit_code": 1, "records": []}
+    records["broken"] = records["fff"].with_name("repro_broken.json")
+    records["broken"].write_text(json.dumps(broken))
+    results_report.write_report([records[k] for k in ("dense", "fff", "broken")], doc, plot, summary)
     text = doc.read_text()
+    assert "| broken | NVIDIA H100 80GB HBM3 | 1.67 min | failed: no step logged |" in text
     assert text.startswith("head\n") and text.endswith("tail\n") and "old" not in text
     assert "**54.0** (53.0, 54.0, 55.0)" in text and "| not run |" in text
     assert "(not run: the faster model's run with `--config.budget_hours=0" in text
