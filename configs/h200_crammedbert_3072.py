@@ -1,18 +1,21 @@
-"""crammedBERT-3072 on the H200 for 4 minutes: the dense baseline of the reproduction (docs/RESULTS.md).
+"""crammedBERT-3072 for 13 minutes on one GPU: the dense baseline of the reproduction (docs/RESULTS.md).
 
 The model of configs/crammedbert_3072.py (16 layers, hidden 768, a 3072-wide GELU feedforward) under the
 minute-scale recipe of configs/h200_recipe.py, which configs/h200_ultrafastbert_1x11.py shares. One device
-command pretrains it, fine-tunes it on GLUE and copies the results back:
+session pretrains it, fine-tunes it on GLUE and brings the record back (docs/RESULTS.md, How to
+reproduce), after `python -m reproduce.prepare_h200_data` here:
 
-    bash reproduce/reproduce_h200.sh crammedbert-3072    # on the H200, after reproduce.prepare_h200_data here
+    source reproduce/gpu_env.sh && python3 -m reproduce.session start crammedbert-3072 --commit SHA \
+        --wait 480 --out $OUT
 
-which runs, among others,
+which runs, in the background,
 
-    python train.py --config=configs/h200_crammedbert_3072.py --workdir=runs/h200-crammedbert-3072
+    python3 train.py --config=configs/h200_crammedbert_3072.py \
+        --workdir=runs/session-crammedbert-3072/workdir
 
-Expected on one H200: 4 minutes of training at ~395k tokens/s (docs/pretraining.md), ~20 s of it compiling:
-~5,300 microbatch steps = ~87M tokens, the held-out MLM loss every 500 steps; about 8.5 minutes for the
-whole command.
+Expected on one H100: 13 minutes of training at ~189k tokens/s (the real loop, docs/RESULTS.md), ~20-40 s
+of it compiling: ~9,000 microbatch steps = ~145M tokens = ~4.3 epochs of the corpus, the held-out MLM
+loss every 500 steps (~18 points); about 20 minutes for the whole session with GLUE.
 """
 
 import ml_collections

@@ -1,19 +1,23 @@
-"""UltraFastBERT-1x11 on the H200 for 4 minutes: the paper's model in the reproduction (docs/RESULTS.md).
+"""UltraFastBERT-1x11 for 13 minutes on one GPU: the paper's model in the reproduction (docs/RESULTS.md).
 
 The model of configs/ultrafastbert_1x11.py (16 layers, hidden 768, one FFF tree of depth 11 per layer)
 under the minute-scale recipe of configs/h200_recipe.py, the same budget, data and schedule as
-configs/h200_crammedbert_3072.py. The FFF runs as "auto": the fastest training form JAX has on the device.
-One device command pretrains it, fine-tunes it on GLUE and copies the results back:
+configs/h200_crammedbert_3072.py. The FFF runs as "auto": the fastest training form JAX has on the device
+(the sparse Pallas training kernels on a GPU, docs/sparse_training.md). One device session pretrains it,
+fine-tunes it on GLUE and brings the record back (docs/RESULTS.md, How to reproduce), after
+`python -m reproduce.prepare_h200_data` here:
 
-    bash reproduce/reproduce_h200.sh ultrafastbert-1x11  # on the H200, after reproduce.prepare_h200_data here
+    source reproduce/gpu_env.sh && python3 -m reproduce.session start ultrafastbert-1x11 --commit SHA \
+        --wait 480 --out $OUT
 
-which runs, among others,
+which runs, in the background,
 
-    python train.py --config=configs/h200_ultrafastbert_1x11.py --workdir=runs/h200-ultrafastbert-1x11
+    python3 train.py --config=configs/h200_ultrafastbert_1x11.py \
+        --workdir=runs/session-ultrafastbert-1x11/workdir
 
-Expected on one H200: 4 minutes of training, ~20 s of it compiling; in the masked training form at ~240k
-tokens/s (docs/pretraining.md) ~3,200 microbatch steps = ~53M tokens (more with a sparse training form);
-about 8.5 minutes for the whole command.
+Expected on one H100: 13 minutes of training at ~213k tokens/s (the real loop, docs/RESULTS.md), ~20-40 s
+of it compiling: ~10,000 microbatch steps = ~160M tokens = ~4.8 epochs of the corpus, the held-out MLM
+loss every 500 steps (~20 points); about 20 minutes for the whole session with GLUE.
 """
 
 import ml_collections
