@@ -20,9 +20,9 @@ For each config:
 The last line is `pipeline efficiency: R`, R = real / bare, the lowest over the configs.
 
 Without --tiny it runs configs/h200_crammedbert_3072.py and configs/h200_ultrafastbert_1x11.py (their data
-in runs/h200-data: on the GPU machine `python3 -m reproduce.travel unpack` first) and, first, in a process of its own so that
-JAX and PyTorch do not share the GPU's memory, the PyTorch peer benchmarks/hf_train_peer.py (Hugging Face
-BertForMaskedLM, eager and compiled), when torch is installed.
+in runs/h200-data: on the GPU machine `python3 -m reproduce.travel unpack` first) and, first, in a
+process of its own so that JAX and PyTorch do not share the GPU's memory, the PyTorch peer
+benchmarks/hf_train_peer.py (Hugging Face BertForMaskedLM, eager and compiled), when torch is installed.
 """
 
 from __future__ import annotations
