@@ -6,7 +6,8 @@ Not a config to run by itself: configs/ultrafastbert_1x11.py, crammedbert_3072.p
   data.sources             a tuple of corpus specs (ufbert_jax/data/corpus.py: paths, hf:NAME, tfds:NAME);
                            on the command line one spec (--config.data.sources=hf:NAME), the flag
                            repeated, or a tuple literal '("/path/a","/path/b")'
-  data.shard_dir, data.tokenizer   where the packed token shards and the tokenizer go (reused if present)
+  data.shard_dir, data.tokenizer   where the packed token shards and the tokenizer go (reused if present);
+                           empty: derived from the corpus (ufbert_jax/train/inputs.py, data_paths)
   data.worker_count        grain masking worker processes (0: in the training process)
   seq_len                  tokens per packed sequence (<= the model's max_len)
   microbatch, final_batch, ramp_fraction   sequences per step; the effective batch grows by gradient
@@ -33,8 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
             model_overrides=dict(dtype="bfloat16", fff_impl="auto"),
             data=dict(
                 sources=("data/sample",),
-                shard_dir="runs/shards/sample-32768",
-                tokenizer="runs/shards/sample-32768/tokenizer.json",
+                shard_dir="",
+                tokenizer="",
                 worker_count=0,
             ),
             seq_len=128,
