@@ -32,7 +32,7 @@ from configs import recipe
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim
+from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim, plot
 from ufbert_jax.train.steps import mlm_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -391,6 +391,16 @@ def test_evaluation_holds_out_the_tail_of_the_shards():
         inputs.held_out_rows(config, 47)
     with pytest.raises(ValueError, match=r"\(7\) may be held out.*: set --config.eval_every=0 \(no eval"):
         inputs.held_out_rows(config, 15)  # not even one microbatch fits: no eval_batches to suggest
+
+
+def test_the_loss_plot_has_a_linear_axis_with_readable_ticks():
+    records = [{"step": s, "train/loss": 8.3 - 0.014 * s} for s in range(10, 151, 10)]
+    records.append({"step": 150, "eval/loss": 6.4})
+    ax = plot.loss_figure(records).axes[0]
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    assert ax.get_yscale() == "linear" and len(ticks) >= 4  # 8.2 .. 6.2 spans a factor of 1.3
+    assert [line.get_label() for line in ax.get_lines()] == ["train", "held-out"]
 
 
 def test_data_paths_derive_from_the_corpus_unless_given(tmp_path, monkeypatch):
