@@ -1,5 +1,8 @@
 """ufbert_jax.from_pretrained: one loader for workdirs, original-format folders and hub ids, in eval mode."""
 
+import re
+from pathlib import Path
+
 import huggingface_hub
 import numpy as np
 import pytest
@@ -89,3 +92,13 @@ def test_errors_name_the_alternatives(locations, tmp_path):
         ufbert_jax.from_pretrained(locations["original"], step=2)
     with pytest.raises(FileNotFoundError, match=r"but a ufbert-jax workdir: load it with ufbert_jax\.from_"):
         original_format.from_pretrained(locations["trained"])
+
+
+def test_the_readmes_use_your_trained_model_runs_as_written(tmp_path, rng, capsys):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Use your trained model") : readme.index("## Build a model")]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    workdir = workdir_of_a_trained_model(tmp_path / "demo", rng)
+    exec(code.replace('"runs/demo"', repr(str(workdir))), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and all(re.fullmatch(r" *\S+  \d\.\d{3}", line) for line in lines)
