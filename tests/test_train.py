@@ -421,6 +421,13 @@ def test_data_paths_derive_from_the_corpus_unless_given(tmp_path, monkeypatch):
     assert inputs.data_paths(config, work, 2048)[0] != shard_dir  # and the vocabulary size
     given = tmp_path / "mine"
     assert paths(["data/sample"], shard_dir=str(given)) == (given, given / "tokenizer.json")
+    explicit = dict(
+        shard_dir=".device/shards", tokenizer=".device/shards/tokenizer.json"
+    )  # h200_recipe's form
+    assert paths(["data/sample"], **explicit) == (
+        Path(".device/shards"),
+        Path(".device/shards/tokenizer.json"),
+    )
     assert paths(["data/sample"], tokenizer=str(tmp_path / "t.json")) == (shard_dir, tmp_path / "t.json")
     # An existing tokenizer not trained in the derived folder gets a folder of its own ...
     (tmp_path / "t.json").write_text("a tokenizer")
