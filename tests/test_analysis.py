@@ -182,6 +182,6 @@ def test_the_table_header_lines_up_with_its_columns_and_the_entropy_plot_labels_
             assert line[start:end].strip() and line[start:end] == line[start:end].rjust(end - start)
             assert line[end : end + 2].strip() == ""  # two spaces to the next column
     assert header.split("  ")[:2] == ["layer", "entropy bits"]
-    legend = plots.entropy_figure(result).axes[-1].get_legend()
+    (legend,) = plots.entropy_figure(result).legends
     labels = [label.get_text() for label in legend.get_texts()]
     assert len(labels) == 3 and "path entropy (bits)" in labels and any("never visited" in t for t in labels)

@@ -79,7 +79,7 @@ def entropy_figure(result: dict) -> Figure:
     never.set_ylabel("leaves never visited (fraction)", color="C3")
     never.set_ylim(0, 1)
     handles = [*ax.get_legend_handles_labels()[0], *never.get_legend_handles_labels()[0]]
-    never.legend(handles=handles, loc="lower left", fontsize="small")
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize="small")  # below: no overlap
     ax.set_xticks(layers)
     fig.suptitle(f"Path entropy per layer (mean over trees), {result['tokens']} tokens")
     return fig
