@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from ufbert_jax import original_format
+from ufbert_jax import logs, original_format
 from ufbert_jax.model import count_params
 
 flags.DEFINE_string("source", None, "Original-format directory or hub id to convert into --workdir.")
@@ -25,6 +25,7 @@ flags.mark_flags_as_mutual_exclusive(["source", "export"], required=True)
 
 def main(argv: list[str]) -> None:
     del argv
+    logs.setup()
     fl = flags.FLAGS
     if fl.source is not None:
         if fl.step is not None:

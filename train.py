@@ -2,41 +2,61 @@
 
     python train.py --config=configs/tiny.py --workdir=runs/tiny [--config.steps=50 ...]
 
-Every field of the config file is overridable as --config.FIELD=VALUE; the corpus, a tuple of source specs,
-as --config.data.sources=/path/to/corpus, --config.data.sources=hf:NAME, a repeated flag (one spec each)
-or a tuple literal '("/path/a","hf:NAME")'. Rerunning the same command resumes from the workdir's latest
+Every field of the config file is overridable as --config.FIELD=VALUE (`--show_config` lists them all, with
+their values and what they do); the corpus, a tuple of source specs, as
+--config.data.sources=/path/to/corpus, --config.data.sources=hf:NAME, a repeated flag (one spec each) or a
+tuple literal '("/path/a","hf:NAME")'. Rerunning the same command resumes from the workdir's latest
 checkpoint; a workdir holding only converted weights continues pretraining from them with a fresh optimizer.
 Ctrl-C (or SIGTERM) saves the current step and exits with 130 (143); the same command then resumes.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from configs.recipe import FIELDS
+from ufbert_jax import config_fields, logs
 from ufbert_jax.train.interrupt import TrainingInterrupted
 from ufbert_jax.train.loop import train_and_evaluate
 
 
 def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
-    """--config (a configs/*.py file, every field a --config.FIELD flag) and --workdir."""
+    """--config (a configs/*.py file, every field a --config.FIELD flag), --workdir and --show_config."""
     config_flags.DEFINE_config_file(
-        "config", None, "Training config file (configs/*.py).", flag_values=flag_values, lock_config=True
+        "config",
+        None,
+        "Training config file (configs/*.py); every field is a flag --config.FIELD=VALUE (--show_config "
+        "lists them).",
+        flag_values=flag_values,
+        lock_config=True,
     )
     flags.DEFINE_string(
         "workdir", None, "Directory for checkpoints, metrics.jsonl and loss.png.", flag_values=flag_values
     )
-    flags.mark_flags_as_required(["config", "workdir"], flag_values=flag_values)
+    flags.DEFINE_bool(
+        "show_config",
+        False,
+        "Print every field of --config (with the overrides), its value and what it does, then exit.",
+        flag_values=flag_values,
+    )
+    flags.mark_flag_as_required("config", flag_values=flag_values)
+    flags.register_multi_flags_validator(
+        ["workdir", "show_config"],
+        lambda values: bool(values["workdir"] or values["show_config"]),
+        "--workdir is required (unless --show_config)",
+        flag_values=flag_values,
+    )
 
 
 def main(argv: list[str]) -> None:
     del argv
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax reports every checkpoint step at INFO
-    logging.getLogger("ufbert_jax").setLevel(logging.INFO)
+    if flags.FLAGS.show_config:
+        print(config_fields.listing(flags.FLAGS.config, FIELDS))
+        return
+    logs.setup()
     try:
         train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     except TrainingInterrupted as stopped:

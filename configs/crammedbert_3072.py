@@ -3,8 +3,7 @@
 (AdamW 1e-3, budget triangle, batch ramp 128 -> 8192 at 60% of 24 h, sparse MLM prediction, bf16).
 
     python train.py --config=configs/crammedbert_3072.py --workdir=runs/crammedbert-3072 \
-        --config.data.sources=hf:EleutherAI/pile --config.data.shard_dir=runs/shards/pile-32768 \
-        --config.data.tokenizer=runs/shards/pile-32768/tokenizer.json
+        --config.data.sources=hf:EleutherAI/pile  # shards + tokenizer: runs/shards/pile-32768-HASH
 
 Expected: ~24 h on one H200 at ~480k tokens/s (docs/pretraining.md: about 1.8x UltraFastBERT-1x11's
 training throughput, since the masked FFF computes 4095 neurons per token against 3072), final MLM loss

@@ -5,8 +5,9 @@ no weight decay) at lr 4e-5, batch 16, cosine schedule with 10% warmup, dropout 
 dev score after the last epoch reported; CoLA with its own epochs (reportedly 15, unverified). Tasks:
 CoLA, SST-2, MRPC, STS-B, QQP, MNLI (m and mm), QNLI, RTE; WNLI on request.
 
-Command (every field below is a flag --config.FIELD=VALUE; a per-task value is
---config.task_overrides.TASK.FIELD=VALUE and wins over the top-level one):
+Command (every field is a flag --config.FIELD=VALUE; a per-task value is
+--config.task_overrides.TASK.FIELD=VALUE and wins over the top-level one; FIELDS below says what each field
+does, and `python eval_glue.py --show_config` prints it beside every value):
 
     python eval_glue.py --workdir=WORKDIR --glue_dir=../shared/data/glue
 
@@ -32,23 +33,23 @@ RUN_FIELDS = ("tasks", "step", "task_overrides")
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.tasks = ",".join(DEFAULT_TASKS)  # comma-separated; add "wnli" to run it too
-    config.step = -1  # checkpoint step to fine-tune from; -1 is the latest
+    config.tasks = ",".join(DEFAULT_TASKS)
+    config.step = -1
 
     config.epochs = 5
     config.batch_size = 16
-    config.eval_batch_size = 128  # evaluation only; does not change scores
+    config.eval_batch_size = 128
     config.lr = 4e-5
     config.b1 = 0.9
     config.b2 = 0.98
     config.eps = 1e-6
     config.weight_decay = 0.0
-    config.warmup_fraction = 0.1  # linear warmup over this fraction of the steps, then cosine to 0
+    config.warmup_fraction = 0.1
     config.dropout = 0.1
     config.max_len = 128
-    config.buckets = (32, 64, 128)  # padded lengths: one compiled shape each (max_len is always added)
-    config.max_train_examples = 0  # > 0: a seeded random subset of each training set (smoke runs)
-    config.fff_impl = "auto"  # the fastest forward for evaluation, the fastest training form for fine-tuning
+    config.buckets = (32, 64, 128)
+    config.max_train_examples = 0
+    config.fff_impl = "auto"
     config.seed = 0
 
     # Per task, every recipe field as an unset placeholder (None: the top-level value applies), so each
@@ -59,3 +60,26 @@ def get_config() -> ml_collections.ConfigDict:
     }
     config.task_overrides.cola.epochs = 15
     return config
+
+
+#: One line per field of get_config(): what it does (eval_glue.py --show_config prints these).
+FIELDS = {
+    "tasks": "comma-separated GLUE tasks to run (add wnli to run it too)",
+    "step": "checkpoint step of the workdir to fine-tune from (-1: the latest)",
+    "epochs": "training epochs per task",
+    "batch_size": "training batch size",
+    "eval_batch_size": "evaluation batch size (does not change the scores)",
+    "lr": "peak AdamW learning rate",
+    "b1": "AdamW beta1",
+    "b2": "AdamW beta2",
+    "eps": "AdamW epsilon",
+    "weight_decay": "AdamW weight decay",
+    "warmup_fraction": "linear warmup over this fraction of the steps, then cosine decay to 0",
+    "dropout": "dropout rate while fine-tuning",
+    "max_len": "tokens per example (longer ones are cut, pairs longest-first)",
+    "buckets": "padded sequence lengths, one compiled shape each (max_len is always added)",
+    "max_train_examples": "> 0: a seeded random subset of this many training examples per task (smoke runs)",
+    "fff_impl": "FFF implementation (auto: the fastest forward and the fastest training form here)",
+    "seed": "seed of the classifier head, the data order and dropout",
+    "task_overrides.*": "per-task value of the field of that name (None: the top-level value applies)",
+}

@@ -3,11 +3,12 @@ data/sample (four public-domain books) with a 4096-token WordPiece vocabulary tr
 
     python train.py --config=configs/tiny.py --workdir=runs/tiny
 
-Expected on 2 (shared) CPU cores: about 1m45s in all, of which ~10 s prepare the data (tokenizer and shards
-in runs/shards/sample-4096, reused afterwards) and ~90 s train; the masked-token loss falls from 8.07 (mean
-of steps 1-10; ln 4096 = 8.3) to 6.20 (steps 141-150); on the held-out last 128 rows of the shards eval
-loss about 6.5, MLM accuracy about 9%.
-Shrink or grow it from the command line, e.g. --config.steps=50.
+Expected on 2 (shared) CPU cores: about 1m45s in all, of which ~10 s prepare the data (tokenizer and
+shards in runs/shards/sample-4096-HASH, reused afterwards) and ~90 s train; the masked-token loss falls
+from 8.07 (mean of steps 1-10; ln 4096 = 8.3) to 6.20 (steps 141-150); on the held-out last 128 rows of
+the shards eval loss about 6.5, MLM accuracy about 9%.
+Shrink or grow it from the command line, e.g. --config.steps=50; another corpus is
+--config.data.sources=/path/to/text (new shards and a tokenizer trained on it, under runs/shards/).
 """
 
 import ml_collections
@@ -21,9 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     # auto: trains with the masked form (a depth-5 tree: its dense products beat the sparse form on CPU),
     # evaluates with the CPU custom call (built on first use; the conditional form where it cannot be).
     config.model_overrides = dict(vocab_size=4096, hidden=128, layers=2, heads=4, fff_impl="auto")
-    config.data.sources = ("data/sample",)
-    config.data.shard_dir = "runs/shards/sample-4096"
-    config.data.tokenizer = "runs/shards/sample-4096/tokenizer.json"
+    config.data.sources = ("data/sample",)  # the shards and tokenizer go to runs/shards/sample-4096-HASH
     config.microbatch = 32
     config.final_batch = 64  # the recipe's ramp, scaled down: 1 -> 2 microbatches at 60% of the budget
     config.steps = 150

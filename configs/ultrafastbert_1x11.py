@@ -4,8 +4,7 @@ with the cramming recipe: AdamW 1e-3, budget-triangle learning rate, batch ramp 
 of a 24-hour wall-clock budget, 128-token sequences, sparse MLM prediction, no dropout, bf16 compute.
 
     python train.py --config=configs/ultrafastbert_1x11.py --workdir=runs/ultrafastbert-1x11 \
-        --config.data.sources=hf:EleutherAI/pile --config.data.shard_dir=runs/shards/pile-32768 \
-        --config.data.tokenizer=runs/shards/pile-32768/tokenizer.json
+        --config.data.sources=hf:EleutherAI/pile  # shards + tokenizer: runs/shards/pile-32768-HASH
 
 The paper's corpus is The Pile; data/sample only shows the pipeline. "-long" is twice the budget:
 --config.budget_hours=48. Expected: ~24 h on one H200 at ~260k tokens/s (docs/pretraining.md; the

@@ -1,6 +1,7 @@
 """Routing analysis: counts equal fff.paths token by token and a float64 walk; the CLI on a tiny workdir."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from flax import nnx
 
 from ufbert_jax import fff
 from ufbert_jax import workdir as workdir_lib
-from ufbert_jax.analysis import capture, routing, routing_report, text
+from ufbert_jax.analysis import capture, plots, routing, routing_report, text
 from ufbert_jax.config import preset
 from ufbert_jax.data.tokenizer import load_tokenizer, train_wordpiece
 from ufbert_jax.model import MaskedLM
@@ -142,6 +143,7 @@ def test_cli_writes_routing_json_figures_and_a_table(workdir, tmp_path):
     command += [f"--text={workdir.parent / 'text.txt'}", "--max_tokens=100", "--config.progress_bar=False"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # quiet: no orbax INFO lines, no "Unable to initialize backend 'tpu'"
     assert "step 7: 100 tokens" in result.stdout and "entropy bits" in result.stdout
     routing_json = json.loads((out / "routing.json").read_text())
     assert routing_json["tokens"] == 100 and len(routing_json["layers"]) == 2
@@ -161,3 +163,25 @@ def test_bad_inputs_are_named(workdir, tmp_path):
     dense = MaskedLM(preset("tiny-dense", vocab_size=64, hidden=16, heads=2), nnx.Rngs(0))
     with pytest.raises(ValueError, match="no FastFeedForward"):
         capture.tap(dense)
+
+
+def test_the_table_header_lines_up_with_its_columns_and_the_entropy_plot_labels_every_line(workdir):
+    model = workdir_lib.load_pretrained(workdir)
+    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
+    ids, mask = text.token_rows(tokenizer, workdir.parent / "text.txt", seq_len=16, max_tokens=100)
+    totals = routing_report.analyze(model, ids, mask, batch_size=4, progress_bar=False)
+    meta = {"workdir": "w", "checkpoint_step": 7, "text": "t", "model": {"layers": 2, "fff_trees": 2,
+            "fff_depth": 2}, "perturbation": {"relative_scale": 0.01}}  # fmt: skip
+    result = routing_report.routing_json(totals, meta)
+    header, rule, *rows = routing_report.table(result).splitlines()[1:-1]
+    assert set(rule) == {"-", " "} and len(rows) == 2
+    # Every column (a run of dashes) holds its header word and each row's value, right-aligned.
+    for column in re.finditer(r"-+", rule):
+        start, end = column.span()
+        for line in (header, *rows):
+            assert line[start:end].strip() and line[start:end] == line[start:end].rjust(end - start)
+            assert line[end : end + 2].strip() == ""  # two spaces to the next column
+    assert header.split("  ")[:2] == ["layer", "entropy bits"]
+    (legend,) = plots.entropy_figure(result).legends
+    labels = [label.get_text() for label in legend.get_texts()]
+    assert len(labels) == 3 and "path entropy (bits)" in labels and any("never visited" in t for t in labels)

@@ -4,14 +4,17 @@ readable file modes, damaged files named, token ids checked."""
 import hashlib
 import io
 import json
+import logging
 import os
 import pickle
+import re
 import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ufbert_jax.data import shards
 from ufbert_jax.data.shards import TokenShards, prepare_shards, token_dtype
 from ufbert_jax.data.tokenizer import SPECIAL_TOKENS, SpecialIds, load_tokenizer, train_wordpiece
 
@@ -245,3 +248,35 @@ def test_tokenizer_ids_beyond_uint16_get_int32_shards(tmp_path):
     shards = TokenShards(out)
     assert shards.manifest["dtype"] == "int32" and shards.vocab_size == 70001
     assert shards[0].max() == 70000
+
+
+def test_a_tokenizer_records_its_sources_and_is_never_reused_silently(prepared, tmp_path, rng, caplog):
+    _, _, out = prepared
+    corpus = [str(tmp_path / "corpus")]
+    assert shards.tokenizer_sources(tmp_path / "tok.json") == corpus  # trained by prepare_shards
+    assert shards.tokenizer_sources(out / "tokenizer.json") == corpus  # the shard folder's copy
+    assert json.loads((out / "manifest.json").read_text())["tokenizer_sources"] == corpus
+    write_corpus(tmp_path / "other", rng)
+    with caplog.at_level(logging.WARNING, logger="ufbert_jax.data"):
+        prepare_shards([str(tmp_path / "other")], tmp_path / "other_shards", tmp_path / "tok.json",
+                       seq_len=SEQ, num_workers=1)  # fmt: skip
+    assert f"tok.json was trained on {corpus}, not on this corpus ['{tmp_path / 'other'}']" in caplog.text
+    manifest = json.loads((tmp_path / "other_shards" / "manifest.json").read_text())
+    assert manifest["sources"] == [str(tmp_path / "other")] and manifest["tokenizer_sources"] == corpus
+    (tmp_path / "tok.json").write_bytes((tmp_path / "tok.json").read_bytes() + b"\n")  # edited since
+    assert shards.tokenizer_sources(tmp_path / "tok.json") is None  # the record no longer applies
+
+
+def test_folder_names_change_with_every_input():
+    name = shards.folder_name(["data/sample"], 4096, 128)
+    assert re.fullmatch(r"sample-4096-[0-9a-f]{8}", name)
+    assert name == shards.folder_name(["data/sample"], 4096, 128)
+    others = [
+        shards.folder_name(["data/other"], 4096, 128),
+        shards.folder_name(["data/sample", "hf:x/y"], 4096, 128),
+        shards.folder_name(["data/sample"], 2048, 128),
+        shards.folder_name(["data/sample"], 4096, 64),
+        shards.folder_name(["data/sample"], 4096, 128, "0" * 64),
+    ]
+    assert len({name, *others}) == 6
+    assert shards.folder_name(["hf:EleutherAI/pile"], 32768, 128).startswith("pile-32768-")

@@ -32,7 +32,7 @@ from configs import recipe
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim
+from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim, plot
 from ufbert_jax.train.steps import mlm_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -386,8 +386,59 @@ def test_evaluation_holds_out_the_tail_of_the_shards():
     assert inputs.held_out_rows(tiny_config(eval_every=0), 100) == 0  # no evaluation: train on every row
     config = tiny_config(eval_every=2, eval_batches=3, microbatch=8)
     assert inputs.held_out_rows(config, 48) == 24
-    with pytest.raises(ValueError, match=r"holds out eval_batches x microbatch = 24 rows.*only 47"):
+    rule = r"3 x 8 = 24 rows, but at most half of the shards' 47 rows \(23\) may be held out"
+    with pytest.raises(ValueError, match=rf"{rule}.*set --config.eval_batches=2, --config.eval_every=0"):
         inputs.held_out_rows(config, 47)
+    with pytest.raises(ValueError, match=r"\(7\) may be held out.*: set --config.eval_every=0 \(no eval"):
+        inputs.held_out_rows(config, 15)  # not even one microbatch fits: no eval_batches to suggest
+
+
+def test_the_loss_plot_has_a_linear_axis_with_readable_ticks():
+    records = [{"step": s, "train/loss": 8.3 - 0.014 * s} for s in range(10, 151, 10)]
+    records.append({"step": 150, "eval/loss": 6.4})
+    ax = plot.loss_figure(records).axes[0]
+    low, high = ax.get_ylim()
+    ticks = [t for t in ax.get_yticks() if low <= t <= high]
+    assert ax.get_yscale() == "linear" and len(ticks) >= 4  # 8.2 .. 6.2 spans a factor of 1.3
+    assert [line.get_label() for line in ax.get_lines()] == ["train", "held-out"]
+
+
+def test_data_paths_derive_from_the_corpus_unless_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(inputs, "DERIVED_ROOT", tmp_path / "derived")
+    work = tmp_path / "work"
+
+    def paths(sources, **data):
+        config = tiny_config(data=dict(sources=sources, shard_dir="", tokenizer="", worker_count=0) | data)
+        return inputs.data_paths(config, work, vocab_size=1024)
+
+    shard_dir, tokenizer = paths(["data/sample"])
+    assert shard_dir.parent == tmp_path / "derived" and shard_dir.name.startswith("sample-1024-")
+    assert tokenizer == shard_dir / "tokenizer.json"
+    other, other_tokenizer = paths(["/corpus/books"])  # only the sources change: new folder, new tokenizer
+    assert other.name.startswith("books-1024-") and other_tokenizer == other / "tokenizer.json"
+    config = tiny_config(seq_len=8, data=dict(sources=["data/sample"], shard_dir="", tokenizer=""))
+    assert inputs.data_paths(config, work, 1024)[0] != shard_dir  # seq_len too
+    assert inputs.data_paths(config, work, 2048)[0] != shard_dir  # and the vocabulary size
+    given = tmp_path / "mine"
+    assert paths(["data/sample"], shard_dir=str(given)) == (given, given / "tokenizer.json")
+    explicit = dict(
+        shard_dir=".device/shards", tokenizer=".device/shards/tokenizer.json"
+    )  # h200_recipe's form
+    assert paths(["data/sample"], **explicit) == (
+        Path(".device/shards"),
+        Path(".device/shards/tokenizer.json"),
+    )
+    assert paths(["data/sample"], tokenizer=str(tmp_path / "t.json")) == (shard_dir, tmp_path / "t.json")
+    # An existing tokenizer not trained in the derived folder gets a folder of its own ...
+    (tmp_path / "t.json").write_text("a tokenizer")
+    own, _ = paths(["data/sample"], tokenizer=str(tmp_path / "t.json"))
+    assert own != shard_dir and own.name.startswith("sample-1024-")
+    # ... and the workdir's copy of the derived folder's tokenizer (a resumed run) goes back to that folder.
+    shard_dir.mkdir(parents=True)
+    (shard_dir / "tokenizer.json").write_text("trained here")
+    work.mkdir()
+    (work / "tokenizer.json").write_text("trained here")
+    assert paths(["data/sample"]) == (shard_dir, work / "tokenizer.json")
 
 
 @pytest.mark.parametrize("corpus", ["missing", "empty"])

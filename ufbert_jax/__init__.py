@@ -1,5 +1,7 @@
 """ufbert_jax: UltraFastBERT (fast feedforward BERT) in JAX and Flax NNX.
 
+    model, tokenizer = ufbert_jax.from_pretrained("runs/demo")  # a workdir, original-format folder or hub id
+
 The names below load on first use, so processes that only need a submodule (tokenizer and data-loader
 workers) do not pay for importing JAX and Flax.
 """
@@ -8,6 +10,7 @@ import importlib
 
 _EXPORTS = {
     "fff": "ufbert_jax.fff",
+    "from_pretrained": "ufbert_jax.pretrained",
     "ModelConfig": "ufbert_jax.config",
     "preset": "ufbert_jax.config",
     "MaskedLM": "ufbert_jax.model",

@@ -9,8 +9,9 @@ Shape legend: B batch, S sequence, H hidden, V vocabulary, M masked positions.
 - ``fill_mask(model, tokenizer, text)``: the same for one text.
 
 Token ids are checked on the host against the model's vocabulary before anything is compiled (an id out of
-range would otherwise read a clamped embedding row without any error). Put the model in eval mode first
-(`original_format.from_pretrained` does), or dropout makes the outputs random.
+range would otherwise read a clamped embedding row without any error). Both run the model with dropout off
+whatever mode it is in (a copy inside the compiled function is switched to eval mode; the model passed in is
+left as it is); `ufbert_jax.from_pretrained` returns models in eval mode already.
 """
 
 from __future__ import annotations
@@ -58,10 +59,17 @@ def _encoder_of(model: Encoder | MaskedLM) -> Encoder:
     raise TypeError(f"expected an Encoder or a MaskedLM; got {type(model).__name__}")
 
 
+def _eval_mode(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.Module:
+    """The module of (graphdef, state), dropout off: a fresh object, so the caller's model keeps its mode."""
+    module = nnx.merge(graphdef, state)
+    module.eval()
+    return module
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _encode(graphdef, state, token_ids, attention_mask) -> jax.Array:
     """token_ids, attention_mask [B, S] -> hidden [B, S, H]."""
-    return nnx.merge(graphdef, state)(token_ids, attention_mask)
+    return _eval_mode(graphdef, state)(token_ids, attention_mask)
 
 
 def encode(
@@ -84,7 +92,7 @@ def _top_k_at(graphdef, state, token_ids, attention_mask, rows, cols, vocab: int
 
     token_ids, attention_mask [B, S]; rows, cols [M] -> (probs [M, top_k] float32, ids [M, top_k] int32).
     """
-    mlm = nnx.merge(graphdef, state)
+    mlm = _eval_mode(graphdef, state)
     hidden = mlm.encoder(token_ids, attention_mask)[rows, cols]  # [M, H]: decode only the masked positions
     logits = mlm.decode(hidden)[:, :vocab]  # [M, vocab]
     return jax.lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)

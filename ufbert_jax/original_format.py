@@ -258,7 +258,13 @@ def read_config(directory: str | Path) -> ModelConfig:
     """The ModelConfig of an original directory's config.json."""
     path = Path(directory) / ORIGINAL_CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {directory} is not an original-format checkpoint")
+        if (Path(directory) / workdir_lib.MODEL_CONFIG_FILE).is_file():
+            alternative = "but a ufbert-jax workdir: load it with ufbert_jax.from_pretrained"
+        else:
+            alternative = "(ufbert_jax.from_pretrained also loads ufbert-jax workdirs, which hold model.json)"
+        raise FileNotFoundError(
+            f"{path} not found: {directory} is not an original-format checkpoint {alternative}"
+        )
     data = io.read_json(path)
     if not isinstance(data, dict) or "arch" not in data:
         keys = sorted(data) if isinstance(data, dict) else f"a {type(data).__name__}, not an object"
@@ -334,12 +340,17 @@ def read_tokenizer(directory: str | Path, cfg: ModelConfig) -> Tokenizer:
 # ------------------------------------------------------------------------------------------ public API
 
 
+def is_hub_id(text: str) -> bool:
+    """Whether `text` has the form of a Hugging Face hub id, owner/name."""
+    return _HUB_ID.fullmatch(text) is not None
+
+
 def resolve(path_or_id: str | Path) -> Path:
     """A local directory as is; otherwise a Hugging Face hub id, downloaded with huggingface_hub."""
     path = Path(path_or_id)
     if path.is_dir():
         return path
-    if path.exists() or not _HUB_ID.fullmatch(str(path_or_id)):
+    if path.exists() or not is_hub_id(str(path_or_id)):
         raise FileNotFoundError(f"{path_or_id!r} is not a directory (nor a hub id of the form owner/name)")
     try:
         from huggingface_hub import snapshot_download
@@ -356,6 +367,8 @@ def resolve(path_or_id: str | Path) -> Path:
 
 def from_pretrained(path_or_id: str | Path, **config_overrides) -> tuple[MaskedLM, Tokenizer]:
     """(MaskedLM in eval mode, tokenizer) of an original-format directory or hub id.
+
+    ufbert_jax.from_pretrained loads these and ufbert-jax workdirs.
 
     config_overrides replace ModelConfig fields that do not change the weights (fff_impl, dtype, dropout).
     """

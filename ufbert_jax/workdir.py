@@ -114,8 +114,12 @@ def error_reason(error: BaseException) -> str:
 
 
 def load_pretrained(workdir: str | Path, step: int | None = None, **config_overrides) -> MaskedLM:
-    """The MaskedLM of a workdir (config from model.json, weights from the latest or given step)."""
+    """The MaskedLM of a workdir in eval mode (config from model.json, weights from the latest or given step).
+
+    ufbert_jax.from_pretrained returns it with its tokenizer (and loads original-format checkpoints too).
+    """
     cfg = load_config(workdir).replace(**config_overrides)
     model = MaskedLM(cfg, nnx.Rngs(0))
     restore_params(workdir, model, step)
+    model.eval()  # dropout off: the same input gives the same output
     return model

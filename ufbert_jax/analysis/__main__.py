@@ -12,9 +12,9 @@ parsing inside the package; all the work is in ufbert_jax.analysis.routing_repor
 from __future__ import annotations
 
 from absl import app, flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from ufbert_jax import logs
 from ufbert_jax.analysis import routing_report
 
 flags.DEFINE_string("workdir", None, "Workdir (model.json, tokenizer.json, checkpoints/).")
@@ -28,7 +28,7 @@ flags.mark_flags_as_required(["workdir", "text", "out"])
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax logs every restore at INFO
+    logs.setup()  # orbax logs every restore at INFO
     FLAGS = flags.FLAGS
     result = routing_report.analyze_workdir(
         FLAGS.workdir, FLAGS.text, FLAGS.out, FLAGS.max_tokens, FLAGS.config

@@ -62,23 +62,31 @@ def heatmap(result: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def entropy(result: dict, path: Path) -> None:
+def entropy_figure(result: dict) -> Figure:
+    """Path entropy per layer (bars), its maximum D (dashed) and the never-visited leaves (right axis), one
+    legend entry each."""
     layers = [layer["layer"] for layer in result["layers"]]
     summaries = [layer["summary"] for layer in result["layers"]]
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    ax.bar(layers, [s["path_entropy_bits"] for s in summaries], color="C0", label="path entropy")
-    ax.axhline(summaries[0]["max_path_entropy_bits"], color="k", ls="--", label="maximum log2(2^D)")
+    ax.bar(layers, [s["path_entropy_bits"] for s in summaries], color="C0", label="path entropy (bits)")
+    ax.axhline(summaries[0]["max_path_entropy_bits"], color="k", ls="--", label="maximum, log2(2^D) bits")
     ax.set_xlabel("layer")
     ax.set_ylabel("bits")
     never = ax.twinx()
-    never.plot(layers, [s["leaves_never_visited_fraction"] for s in summaries], "o-", color="C3")
+    fraction = [s["leaves_never_visited_fraction"] for s in summaries]
+    never.plot(layers, fraction, "o-", color="C3", label="leaves never visited (fraction, right axis)")
     never.set_ylabel("leaves never visited (fraction)", color="C3")
     never.set_ylim(0, 1)
-    ax.legend(loc="lower left")
+    handles = [*ax.get_legend_handles_labels()[0], *never.get_legend_handles_labels()[0]]
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize="small")  # below: no overlap
     ax.set_xticks(layers)
     fig.suptitle(f"Path entropy per layer (mean over trees), {result['tokens']} tokens")
-    fig.savefig(path, dpi=120)
+    return fig
+
+
+def entropy(result: dict, path: Path) -> None:
+    entropy_figure(result).savefig(path, dpi=120)
 
 
 def margins(result: dict, path: Path) -> None:

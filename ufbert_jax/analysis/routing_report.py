@@ -156,23 +156,38 @@ def analyze_workdir(
 
 
 def table(result: dict) -> str:
-    """The per-layer summary as a fixed-width text table."""
+    """The per-layer summary as a text table: a title line, the header, a rule, one row per layer; every
+    column as wide as its widest cell (header included), right-aligned, two spaces apart."""
     depth = result["model"]["fff_depth"]
-    lines = [
-        f"{result['workdir']} step {result['checkpoint_step']}: {result['tokens']} tokens of "
-        f"{result['text']}, "
-        f"{result['model']['layers']} layers x {result['model']['fff_trees']} trees of depth {depth}",
-        f"{'layer':>5} {'entropy bits':>12} {'of max':>6} {'leaves unused':>13} {'|logit| root':>12} "
-        f"{'|logit| leaf':>12} {'walks changed':>13}",
-    ]
+    header = ("layer", "entropy bits", "max bits", "leaves unused", "|logit| root", "|logit| leaf")
+    header += ("walks changed",)
+    rows = []
     for layer in result["layers"]:
         s = layer["summary"]
         logit = s["mean_abs_logit_per_level"]
-        lines.append(
-            f"{layer['layer']:>5} {s['path_entropy_bits']:>12.3f} {depth:>6} "
-            f"{s['leaves_never_visited_fraction']:>13.1%} {logit[0]:>12.3f} {logit[-1]:>12.3f} "
-            f"{s['changed_walks_fraction']:>13.2%}"
+        rows.append(
+            (
+                f"{layer['layer']}",
+                f"{s['path_entropy_bits']:.3f}",
+                f"{depth}",
+                f"{s['leaves_never_visited_fraction']:.1%}",
+                f"{logit[0]:.3f}",
+                f"{logit[-1]:.3f}",
+                f"{s['changed_walks_fraction']:.2%}",
+            )
         )
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    rule = tuple("-" * width for width in widths)
+    aligned = [
+        "  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)) for cells in (header, rule, *rows)
+    ]
+    model = result["model"]
     eps = result["perturbation"]["relative_scale"]
-    lines.append(f"walks changed: by Gaussian noise of {eps:g} x rms on each FFF input")
-    return "\n".join(lines)
+    return "\n".join(
+        [
+            f"{result['workdir']} step {result['checkpoint_step']}: {result['tokens']} tokens of "
+            f"{result['text']}, {model['layers']} layers x {model['fff_trees']} trees of depth {depth}",
+            *aligned,
+            f"walks changed: by Gaussian noise of {eps:g} x rms on each FFF input",
+        ]
+    )

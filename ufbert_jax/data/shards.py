@@ -5,12 +5,19 @@ Packing follows the original (cramming): every document is tokenized without spe
 span rows, and the final partial row is dropped. Shard layout (see docs/data.md):
 
     out_dir/
-      manifest.json        format, seq_len, vocab_size, dtype, tokenizer_sha256, sources, shards + row counts
+      manifest.json        format, seq_len, vocab_size, dtype, tokenizer_sha256, sources, tokenizer_sources,
+                           shards + row counts
       tokenizer.json       a copy of the tokenizer the ids belong to (shards travel with it)
+      tokenizer.sources.json   the sources that tokenizer was trained on, where known
       shard_00000.npy ...  [rows, S] uint16 (int32 when V > 65536)
 
 The manifest is written last, so its presence marks a complete set; a second run with the same inputs
 returns at once, one with another tokenizer, seq_len or sources is an error naming both values.
+
+A tokenizer trained here gets a record of its sources beside it (`<name>.sources.json`, with the file's
+sha256), so that reusing it for another corpus is never silent: `prepare_shards` warns, naming both.
+`folder_name` names a shard folder after everything that decides its contents, so callers that derive the
+folder (train.py when --config.data.shard_dir is empty) get new shards whenever the corpus changes.
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ import collections
 import hashlib
 import itertools
 import json
+import logging
 import multiprocessing
 import operator
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -33,8 +42,13 @@ from ufbert_jax import io
 from ufbert_jax.data.corpus import documents_from_spec
 from ufbert_jax.data.tokenizer import TOKENIZER_FILE, SpecialIds, id_bound, load_tokenizer, train_wordpiece
 
+log = logging.getLogger("ufbert_jax.data")
+
 FORMAT = "ufbert-jax-shards/1"
 MANIFEST_FILE = "manifest.json"
+SOURCES_SUFFIX = (
+    ".sources.json"  # tokenizer.json -> tokenizer.sources.json: what the tokenizer was trained on
+)
 DEFAULT_SHARD_ROWS = 262_144  # 64 MiB of uint16 rows at S=128: few files, each cheap to copy or mmap
 CHUNK_DOCUMENTS = 64  # documents per worker task: large enough to amortise pickling, small for a smooth bar
 # Keys that must agree for existing shards to be reused.
@@ -49,6 +63,46 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def folder_name(
+    sources: list[str], vocab_size: int, seq_len: int, tokenizer_sha256: str | None = None
+) -> str:
+    """A shard folder's name, NAME-V-HASH: NAME the first source's last path part (readable), V the vocabulary
+    size, HASH 8 hex digits of the sha256 of the sources, V, seq_len and the tokenizer's sha256 (None: a
+    tokenizer trained on these sources). Any change to them gives another folder."""
+    key = json.dumps([[str(spec) for spec in sources], vocab_size, seq_len, tokenizer_sha256])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:8]
+    last = re.split(r"[/:]", str(sources[0]).rstrip("/"))[-1] if sources else ""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", last).strip("._")[:32] or "corpus"
+    return f"{name}-{vocab_size}-{digest}"
+
+
+def sources_record(tokenizer_path: str | Path) -> Path:
+    """Where the record of a tokenizer's training sources lives: beside it, <stem>.sources.json."""
+    path = Path(tokenizer_path)
+    return path.with_name(path.stem + SOURCES_SUFFIX)
+
+
+def record_tokenizer_sources(tokenizer_path: str | Path, sources: list[str]) -> None:
+    """Writes the record that `tokenizer_path` (as it is now) was trained on `sources`."""
+    record = {"sources": [str(spec) for spec in sources], "tokenizer_sha256": file_sha256(tokenizer_path)}
+    io.write_text(sources_record(tokenizer_path), json.dumps(record, indent=2) + "\n")
+
+
+def tokenizer_sources(tokenizer_path: str | Path) -> list[str] | None:
+    """The sources `tokenizer_path` was trained on, or None where unknown (no record, an unreadable one, or
+    one written for another version of the file)."""
+    path = sources_record(tokenizer_path)
+    if not path.is_file():
+        return None
+    try:
+        record = io.read_json(path)
+        if record["tokenizer_sha256"] == file_sha256(tokenizer_path):
+            return [str(spec) for spec in record["sources"]]
+    except (ValueError, KeyError, TypeError) as error:
+        log.warning("%s: ignoring an unreadable record (%s)", path, error)
+    return None
 
 
 def documents(sources: Iterable[str]) -> Iterator[str]:
@@ -175,7 +229,9 @@ def _check_reusable(existing: dict, wanted: dict, out_dir: Path) -> None:
         if existing[key] != wanted[key]:
             raise ValueError(
                 f"{out_dir} holds shards with {key}={existing[key]!r}, but this run asks for "
-                f"{key}={wanted[key]!r}; pass another out_dir or delete the old shards"
+                f"{key}={wanted[key]!r}; write them to another folder (train.py: leave "
+                "--config.data.shard_dir empty to derive one from the corpus, or name a new one) or delete "
+                "the old shards"
             )
     missing = [s["file"] for s in existing["shards"] if not (out_dir / s["file"]).is_file()]
     if missing:
@@ -195,8 +251,9 @@ def prepare_shards(
     """Tokenizes and packs `sources` (specs, see corpus.py) into `out_dir`; returns `out_dir`.
 
     Trains a WordPiece tokenizer of at most `vocab_size` tokens on `sources` first if `tokenizer_path`
-    does not exist (else `vocab_size` is unused: the file decides). `num_workers` tokenizer processes
-    (default: all cores; <= 1 tokenizes in this process); the shards are the same for any count.
+    does not exist, and records its sources beside it (else `vocab_size` is unused: the file decides; one
+    recorded as trained on other sources is used with a warning naming both). `num_workers` tokenizer
+    processes (default: all cores; <= 1 tokenizes in this process); the shards are the same for any count.
     """
     if seq_len < 1 or shard_size < 1:
         raise ValueError(f"{seq_len=} and {shard_size=} must be >= 1")
@@ -206,9 +263,20 @@ def prepare_shards(
     out_dir, tokenizer_path = Path(out_dir), Path(tokenizer_path)
     if tokenizer_path.is_file():
         tokenizer = load_tokenizer(tokenizer_path)
+        trained_on = tokenizer_sources(tokenizer_path)
+        if trained_on is not None and trained_on != sources:
+            log.warning(
+                "%s was trained on %s, not on this corpus %s: reusing it as given (its vocabulary may fit "
+                "this corpus poorly; a tokenizer path of its own gets one trained on this corpus)",
+                tokenizer_path,
+                trained_on,
+                sources,
+            )
     else:
         docs = tqdm(documents(sources), desc="training tokenizer", unit="doc")
         tokenizer = train_wordpiece(docs, vocab_size, tokenizer_path)
+        record_tokenizer_sources(tokenizer_path, sources)
+        trained_on = sources
     actual_vocab = id_bound(tokenizer)  # every id is below it (the dtype must hold them all)
     wanted = {
         "format": FORMAT,
@@ -229,13 +297,21 @@ def prepare_shards(
         stale.unlink()
     if tokenizer_path.resolve() != (out_dir / TOKENIZER_FILE).resolve():
         io.write_bytes(out_dir / TOKENIZER_FILE, tokenizer_path.read_bytes())
+        if trained_on is not None:
+            record_tokenizer_sources(out_dir / TOKENIZER_FILE, trained_on)
     workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     with tqdm(desc="tokenizing", unit="doc") as bar:
         chunks = _token_chunks(documents(sources), tokenizer_path, workers, bar.update)
         shards = write_shards(pack_rows(chunks, seq_len), out_dir, shard_size, token_dtype(actual_vocab))
     if not shards:
         raise ValueError(f"sources {sources} hold fewer than {seq_len=} tokens: not one row to write")
-    manifest = {**wanted, "rows": sum(s["rows"] for s in shards), "shards": shards}
+    # tokenizer_sources: what the tokenizer was trained on (None: unknown); a record, not an identity key.
+    manifest = {
+        **wanted,
+        "tokenizer_sources": trained_on,
+        "rows": sum(s["rows"] for s in shards),
+        "shards": shards,
+    }
     io.write_text(out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
     return out_dir
 

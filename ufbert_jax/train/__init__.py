@@ -8,6 +8,7 @@
     checkpointing.py  saving and resuming a run in its workdir
     inputs.py         the token shards and MLM batches of a config (`make_batches`)
     loop.py           the loop (`train`) and the whole run from a config (`train_and_evaluate`)
+    console.py        the closing summary of a run (or that it had finished before)
 
 The package imports nothing itself: optim, steps and metrics need only jax, flax and optax (the throughput
 benchmark runs with those alone); loop.py needs the data pipeline, orbax and ml_collections too.

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, interrupt, metrics
+from ufbert_jax.train import checkpointing, console, inputs, interrupt, metrics
 from ufbert_jax.train import mesh as mesh_lib
 from ufbert_jax.train.optim import (
     Accumulation,
@@ -184,7 +184,7 @@ def _train(
                     log.write(record := _eval_record(step, model, mesh, eval_batches()))
         with (
             workdir_lib.manager(workdir, max_to_keep=config.keep_checkpoints) as mngr,
-            budget.bar(step, first_step, elapsed, main and config.progress_bar) as bar,
+            budget.bar(step, first_step, elapsed, main and config.progress_bar and progress < 1.0) as bar,
         ):
             last_saved, interrupted = mngr.latest_step(), False
             while progress < 1.0 and not interrupted:
@@ -258,4 +258,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     batches = inputs.make_batches(config, workdir, model_cfg)
     if jax.process_index() == 0:
         checkpointing.prepare_workdir(workdir, model_cfg, batches.tokenizer)
-    return _train(config, workdir, model_cfg, budget, batches.train, batches.eval, None)
+    before = console.latest_step(workdir)
+    record = _train(config, workdir, model_cfg, budget, batches.train, batches.eval, None)
+    if jax.process_index() == 0:  # the closing summary (or: it had finished before), on stdout
+        print(console.summary(config, workdir, already_finished=before == console.latest_step(workdir)))
+    return record
