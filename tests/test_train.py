@@ -32,7 +32,7 @@ from configs import recipe
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim
+from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim, settings
 from ufbert_jax.train.steps import mlm_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,6 +301,65 @@ def test_bad_configs_fail_before_writing(tmp_path):
     with pytest.raises(ValueError, match=r"seq_len=64 must be in 1\.\.16"):
         loop.train_and_evaluate(tiny_config(seq_len=64), tmp_path / "work")
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("optimizer.lr", -1e-3, "a finite number > 0"),
+        ("checkpoint_every", -1, r"an integer >= 0 \(0: save only at the end"),
+        ("optimizer.b2", 1.0, r"a finite number in \[0, 1\)"),
+    ],
+)
+def test_settings_are_checked_before_the_workdir_is_written(tmp_path, field, value, allowed):
+    """A negative learning rate used to train (exit 0), checkpoint_every=-1 to mean "only at the end"."""
+
+    def with_value(config):
+        section, _, name = field.rpartition(".")
+        (config[section] if section else config)[name] = value
+        return config
+
+    with pytest.raises(settings.ConfigError, match=rf"{re.escape(field)}={value!r} must be {allowed}"):
+        run_train(with_value(tiny_config()), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(settings.ConfigError, match=re.escape(field)):  # before the corpus is looked at
+        loop.train_and_evaluate(with_value(data_config(tmp_path, [tmp_path / "none"])), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_setting_has_a_rule_and_all_problems_are_listed_at_once():
+    config = tiny_config(microbatch=8, final_batch=12, steps=0, budget_hours=0.0, seed=-1, eval_batches=0)
+    config.optimizer.clip_norm = float("nan")
+    config.data.worker_count = True  # a bool is not an integer
+    found = settings.problems(config)
+    text = "; ".join(found)
+    for part in (
+        "eval_batches=0 must be an integer >= 1",
+        "seed=-1 must be an integer in [0, 2147483647)",
+        "optimizer.clip_norm=nan must be a finite number > 0",
+        "data.worker_count=True must be an integer >= 0",
+        "final_batch=12 must be a multiple of microbatch=8",
+        "need a budget: steps >= 1 or budget_hours > 0 (got steps=0, budget_hours=0.0)",
+    ):
+        assert part in text, (part, text)
+    assert len(found) == 6
+    numeric = {
+        key
+        for key, value in _flat(recipe.base_config()).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    assert numeric == set(settings.RULES), numeric ^ set(settings.RULES)
+    assert settings.problems(tiny_config()) == []
+
+
+def _flat(config, prefix="") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict | dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def test_resume_refuses_a_different_model(tmp_path):

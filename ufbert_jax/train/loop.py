@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, interrupt, metrics
+from ufbert_jax.train import checkpointing, inputs, interrupt, metrics, settings
 from ufbert_jax.train import mesh as mesh_lib
 from ufbert_jax.train.optim import (
     Accumulation,
@@ -134,6 +134,7 @@ def train(
     refused before anything is written (checkpointing.check_resume); SIGINT or SIGTERM saves the current
     step and raises interrupt.TrainingInterrupted. `phases` (optional) collects where the host's time went.
     """
+    settings.check(config)
     workdir = Path(workdir)
     checkpointing.check_resume(workdir, config, model_cfg)
     return _train(config, workdir, model_cfg, Budget.of(config), batches, eval_batches, phases)
@@ -250,6 +251,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     check that can fail on the inputs (model preset, sequence length, budget, corpus, a workdir of another
     run) runs before the workdir is written, so a failed start leaves nothing that would confuse a later run.
     """
+    settings.check(config)
     model_cfg, budget, workdir = model_config(config), Budget.of(config), Path(workdir)
     mesh_lib.initialize_distributed(config)
     checkpointing.check_resume(workdir, config, model_cfg)
