@@ -15,6 +15,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from configs import recipe
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim, settings
+from ufbert_jax.train import checkpointing, inputs, lock, loop, metrics, optim, settings
 from ufbert_jax.train.steps import mlm_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -697,6 +698,62 @@ def test_resume_refuses_another_run_and_writes_nothing(tmp_path, four_steps, cha
     with pytest.raises(ValueError, match=rf"holds a different run \(saved at step 4\).*({names})"):
         run_train(tiny_config(steps=6, **change), workdir)
     assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
+
+
+SECOND_TRAINER = """
+import sys
+from tests.test_train import run_train, tiny_config
+run_train(tiny_config(), sys.argv[1])
+"""
+
+
+class SecondTrainerMidRun(RandomBatches):
+    """RandomBatches that, before its third batch, runs a second trainer on the same workdir to the end."""
+
+    def __init__(self, config, model_cfg, workdir):
+        super().__init__(config, model_cfg)
+        self.workdir, self.second = workdir, None
+
+    def __next__(self):
+        if self.index == 2 and self.second is None:
+            command = [sys.executable, "-c", SECOND_TRAINER, str(self.workdir)]
+            self.second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        return super().__next__()
+
+
+def test_a_second_trainer_is_refused_at_once_naming_the_first(tmp_path):
+    config = tiny_config()
+    model_cfg = loop.model_config(config)
+    batches = SecondTrainerMidRun(config, model_cfg, tmp_path)
+    assert loop.train(config, tmp_path, model_cfg, batches)["step"] == 4
+    second = batches.second
+    holder = f"is in use by another trainer: pid {os.getpid()} on host {socket.gethostname()}, started "
+    assert second.returncode != 0 and holder in second.stderr, second.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+HOLDER = """
+import sys, time
+from ufbert_jax.train import lock
+with lock.hold(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_lock_left_by_a_killed_trainer_never_blocks_the_resume(tmp_path, four_steps):
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+    command = [sys.executable, "-c", HOLDER, str(workdir)]
+    holder = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        with pytest.raises(lock.WorkdirBusyError, match=rf"pid {holder.pid} on host .*train\.lock"):
+            run_train(tiny_config(steps=6), workdir)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert run_train(tiny_config(steps=6), workdir)["step"] == 6  # the kernel released the lock
 
 
 @pytest.fixture(scope="module")

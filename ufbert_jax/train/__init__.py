@@ -7,6 +7,7 @@
     mesh.py           jax.distributed, the data-parallel mesh, placing state and batches
     settings.py       the config's numeric settings, checked before anything is written
     checkpointing.py  saving and resuming a run in its workdir
+    lock.py           one trainer per workdir (workdir/train.lock)
     inputs.py         the token shards and MLM batches of a config (`make_batches`)
     loop.py           the loop (`train`) and the whole run from a config (`train_and_evaluate`)
 
