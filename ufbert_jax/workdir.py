@@ -31,6 +31,15 @@ from ufbert_jax.model import MaskedLM
 FORMAT = "ufbert-jax/1"
 MODEL_CONFIG_FILE = "model.json"
 CHECKPOINT_DIR = "checkpoints"
+# Orbax writes step N into checkpoints/N.orbax-checkpoint-tmp and renames it to checkpoints/N when complete.
+TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
+
+
+def check_not_a_file(workdir: str | Path) -> None:
+    """A NotADirectoryError when `workdir` names an existing regular file (or anything but a folder)."""
+    path = Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{path} is a file, not a workdir (a folder)")
 
 
 def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
@@ -41,6 +50,7 @@ def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
 
 def load_config(workdir: str | Path) -> ModelConfig:
     """The ModelConfig of workdir/model.json; errors name the file and what is wrong with it."""
+    check_not_a_file(workdir)
     path = Path(workdir) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {workdir} is not a ufbert-jax workdir")
