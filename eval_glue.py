@@ -6,7 +6,8 @@
 Every field of the config file (default configs/glue.py) is a flag --config.FIELD=VALUE; a per-task field
 is --config.task_overrides.TASK.FIELD=VALUE. Prints the per-task table and the averages, and writes
 results.json and results.md to --out (default WORKDIR/glue) after every task, so finished tasks survive a
-crash. A task that fails is reported and the others run; the exit status is then 1.
+crash; the results of other tasks already there (same workdir and step) are kept. A task that fails is
+reported and the others run; the exit status is then 1.
 """
 
 from __future__ import annotations

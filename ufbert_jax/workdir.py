@@ -83,6 +83,13 @@ def checkpoint_items(workdir: str | Path, step: int) -> frozenset[str]:
     return frozenset(path.name for path in step_dir.iterdir() if path.is_dir())
 
 
+def latest_step(workdir: str | Path) -> int | None:
+    """The newest complete checkpoint step of a workdir (None without one); reads the folder names only."""
+    steps = Path(workdir) / CHECKPOINT_DIR
+    found = [int(path.name) for path in steps.iterdir() if path.name.isdigit()] if steps.is_dir() else []
+    return max(found, default=None)
+
+
 def params_of(model: nnx.Module) -> dict:
     """The model's parameters as a pure nested dict (what the "params" item stores)."""
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))

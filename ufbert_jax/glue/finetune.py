@@ -322,14 +322,22 @@ def evaluate_workdir(
 ) -> dict:
     """`run_glue` of `workdir` (its latest step, or config["step"] when >= 0) on config["tasks"] from
     `glue_dir` in the original TSV layout (None: the Hub); results.json and results.md in `out` are
-    rewritten after every task (and at the end, also when no task ran). Returns the results record."""
+    rewritten after every task (and at the end, also when no task ran). The results of other tasks that
+    `out` already holds for the same checkpoint are kept and averaged with the new ones
+    (report.earlier_tasks; one of another workdir, model or step is refused before any task runs).
+    Returns the results record, the kept tasks included."""
     source = load_hub if glue_dir is None else functools.partial(load_local, root=glue_dir)
     header = {"source": "hub" if glue_dir is None else str(glue_dir)}
     pretrained = Pretrained.load(workdir, step=None if config["step"] < 0 else config["step"])
+    step = workdir_lib.latest_step(workdir) if pretrained.step is None else pretrained.step
+    earlier = report.earlier_tasks(out, pretrained.workdir, dataclasses.asdict(pretrained.config), step)
+
+    def merged(record: dict) -> dict:
+        return header | _record({**earlier, **record["tasks"]}, pretrained)
 
     def save(record: dict) -> None:
-        report.write(header | record, out)
+        report.write(merged(record), out)
 
-    results = header | run_glue(config, pretrained, source, on_update=save)
-    save(results)
+    results = merged(run_glue(config, pretrained, source, on_update=save))
+    report.write(results, out)
     return results
