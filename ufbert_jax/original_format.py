@@ -442,14 +442,15 @@ def to_workdir(path_or_id: str | Path, workdir: str | Path) -> MaskedLM:
     workdir_lib.check_not_a_file(workdir)
     _clear_an_unfinished_save(Path(workdir) / workdir_lib.CHECKPOINT_DIR)
     model, tokenizer = from_pretrained(path_or_id)
-    workdir_lib.save_config(workdir, model.cfg)
     io.write_text(workdir_lib.tokenizer_path(workdir), tokenizer.to_str(pretty=True))
+    fingerprint = workdir_lib.tokenizer_fingerprint(workdir_lib.tokenizer_path(workdir))
+    workdir_lib.save_config(workdir, model.cfg, fingerprint)
     workdir_lib.save_params(workdir, 0, model)
     return model
 
 
 def from_workdir(workdir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
     """Exports a workdir's step (default: the latest) to the original format."""
+    tokenizer = workdir_lib.load_tokenizer(workdir)
     model = workdir_lib.load_pretrained(workdir, step)
-    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     return save_pretrained(model, tokenizer, out_dir)

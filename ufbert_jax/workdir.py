@@ -1,7 +1,7 @@
 """The workdir format shared by train.py, eval_glue.py and the checkpoint converter.
 
     workdir/
-      model.json        {"format": FORMAT, "model": ModelConfig fields}
+      model.json        {"format": FORMAT, "model": ModelConfig fields, "tokenizer_sha256": hex digest}
       tokenizer.json    the Hugging Face `tokenizers` file (special-token ids are read from it)
       checkpoints/<step>/   orbax steps with the items
                           "params": nnx.state(MaskedLM, nnx.Param) as a pure dict (always present)
@@ -11,20 +11,27 @@
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash (even SIGKILL)
 never leaves a half-written step that restore would pick.
+
+model.json records the SHA-256 of the tokenizer.json the model was trained with (written by the trainer
+and the converter); `load_tokenizer` refuses a tokenizer.json whose content differs from it, even with the
+same vocabulary size. A model.json without the record (written by an earlier version) checks nothing.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from tokenizers import Tokenizer
 
 from ufbert_jax import io
 from ufbert_jax.config import ModelConfig
+from ufbert_jax.data import tokenizer as data_tokenizer
 from ufbert_jax.data.tokenizer import TOKENIZER_FILE
 from ufbert_jax.model import MaskedLM
 
@@ -42,10 +49,57 @@ def check_not_a_file(workdir: str | Path) -> None:
         raise NotADirectoryError(f"{path} is a file, not a workdir (a folder)")
 
 
-def save_config(workdir: str | Path, cfg: ModelConfig) -> None:
-    """Writes workdir/model.json (atomically: a crash leaves the old file or the new one)."""
-    text = json.dumps({"format": FORMAT, "model": dataclasses.asdict(cfg)}, indent=2) + "\n"
-    io.write_text(Path(workdir) / MODEL_CONFIG_FILE, text)
+TOKENIZER_SHA256 = "tokenizer_sha256"
+
+
+def save_config(workdir: str | Path, cfg: ModelConfig, tokenizer_sha256: str | None = None) -> None:
+    """Writes workdir/model.json (atomically: a crash leaves the old file or the new one), with the
+    fingerprint of the model's tokenizer (`tokenizer_fingerprint`) when given."""
+    record = {"format": FORMAT, "model": dataclasses.asdict(cfg)}
+    if tokenizer_sha256 is not None:
+        record[TOKENIZER_SHA256] = tokenizer_sha256
+    io.write_text(Path(workdir) / MODEL_CONFIG_FILE, json.dumps(record, indent=2) + "\n")
+
+
+def tokenizer_fingerprint(path: str | Path) -> str:
+    """The SHA-256 of a tokenizer file's content (hex): what model.json records as "tokenizer_sha256"."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def recorded_tokenizer(workdir: str | Path) -> str | None:
+    """The tokenizer fingerprint recorded in workdir/model.json (None where it records none)."""
+    data = io.read_json(Path(workdir) / MODEL_CONFIG_FILE)
+    return data.get(TOKENIZER_SHA256) if isinstance(data, dict) else None
+
+
+def record_tokenizer(workdir: str | Path) -> None:
+    """Records the fingerprint of workdir/tokenizer.json in model.json (which must exist)."""
+    save_config(workdir, load_config(workdir), tokenizer_fingerprint(tokenizer_path(workdir)))
+
+
+def check_tokenizer(workdir: str | Path, path: str | Path | None = None) -> None:
+    """A ValueError naming the file when `path` (default: workdir/tokenizer.json) is not the tokenizer
+    recorded in workdir/model.json; nothing to check where model.json records none."""
+    path = tokenizer_path(workdir) if path is None else Path(path)
+    recorded = recorded_tokenizer(workdir)
+    if recorded is None:
+        return
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"tokenizer file {path} not found (the model was trained with sha256 {recorded})"
+        )
+    actual = tokenizer_fingerprint(path)
+    if actual != recorded:
+        raise ValueError(
+            f"{path} (sha256 {actual[:16]}...) is not the tokenizer the model was trained with (sha256 "
+            f"{recorded[:16]}..., recorded in {Path(workdir) / MODEL_CONFIG_FILE}): put that tokenizer back"
+        )
+
+
+def load_tokenizer(workdir: str | Path) -> Tokenizer:
+    """workdir/tokenizer.json, checked against the fingerprint in model.json (`check_tokenizer`)."""
+    check_tokenizer(workdir)
+    return data_tokenizer.load_tokenizer(tokenizer_path(workdir))
 
 
 def load_config(workdir: str | Path) -> ModelConfig:

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data import bucketing
-from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts, load_tokenizer
+from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts
 from ufbert_jax.glue import report, scoring
 from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task, load_hub, load_local
 from ufbert_jax.model import SequenceClassifier
@@ -166,11 +166,11 @@ class Pretrained:
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> Pretrained:
-        """Reads model.json and tokenizer.json; a tokenizer without the special tokens or with ids beyond
-        the model's vocabulary is a ValueError."""
+        """Reads model.json and tokenizer.json; a tokenizer other than the model's (workdir.check_tokenizer),
+        without the special tokens or with ids beyond the model's vocabulary is a ValueError."""
         workdir = Path(workdir)
         cfg = workdir_lib.load_config(workdir)
-        tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
+        tokenizer = workdir_lib.load_tokenizer(workdir)  # the one the model was trained with
         tokenizer.no_truncation()  # truncation and padding are ours (encode_texts, ufbert_jax.data.bucketing)
         tokenizer.no_padding()
         SpecialIds.of(tokenizer, workdir_lib.tokenizer_path(workdir))  # before any task, naming the file

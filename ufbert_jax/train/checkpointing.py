@@ -225,8 +225,9 @@ def _model_differences(saved: dict, model_cfg: ModelConfig) -> dict:
 def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
     """A ValueError listing every (workdir, config) difference where `workdir` holds another model or run.
 
-    Compares model.json (when present) and the run identity saved in the newest readable meta: the seed and,
-    for steps saved with one, `run_identity`. Reads only, so a refused start leaves the workdir as it was.
+    Compares model.json (when present; with the fingerprint of the tokenizer the run would train with) and
+    the run identity saved in the newest readable meta: the seed and, for steps saved with one,
+    `run_identity`. Reads only, so a refused start leaves the workdir as it was.
     """
     problems = []
     saved = _newest_meta(workdir)
@@ -236,6 +237,13 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: Mo
         saved_model = ((saved or {}).get("run") or {}).get("model", {})
     if differ := _model_differences(saved_model, model_cfg):
         problems.append(f"a different model; (workdir, config) values: {differ}")
+    if (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
+        tokenizer = workdir_lib.tokenizer_path(workdir)  # what inputs.make_batches will train with
+        tokenizer = tokenizer if tokenizer.is_file() else Path(config.data.tokenizer)
+        try:
+            workdir_lib.check_tokenizer(workdir, tokenizer)
+        except (ValueError, FileNotFoundError) as error:
+            problems.append(f"a model trained with another tokenizer ({error})")
     if saved is not None:
         wanted = run_identity(config, model_cfg)
         recorded = saved.get("run") or {"seed": saved.get("seed")}
@@ -256,12 +264,17 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: Mo
 
 
 def prepare_workdir(workdir: Path, model_cfg: ModelConfig, tokenizer: Path) -> None:
-    """Writes model.json (when absent) and tokenizer.json (when it is another file), atomically; call it
-    after `check_resume` has accepted the workdir.
+    """Writes tokenizer.json (when it is another file) and model.json (when absent, or without the
+    tokenizer's fingerprint), each atomically; call it after `check_resume` has accepted the workdir.
 
     The FFF implementation is saved as "auto": it is chosen where the model runs, not part of the model.
+    model.json records the fingerprint of the tokenizer the run trains with (workdir.check_tokenizer).
     """
-    if not (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
-        workdir_lib.save_config(workdir, model_cfg.replace(fff_impl="auto"))
-    if workdir_lib.tokenizer_path(workdir).resolve() != tokenizer.resolve():
+    workdir = Path(workdir)
+    if workdir_lib.tokenizer_path(workdir).resolve() != Path(tokenizer).resolve():
         io.write_bytes(workdir_lib.tokenizer_path(workdir), Path(tokenizer).read_bytes())
+    if not (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
+        fingerprint = workdir_lib.tokenizer_fingerprint(workdir_lib.tokenizer_path(workdir))
+        workdir_lib.save_config(workdir, model_cfg.replace(fff_impl="auto"), fingerprint)
+    elif workdir_lib.recorded_tokenizer(workdir) is None:
+        workdir_lib.record_tokenizer(workdir)
