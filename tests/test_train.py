@@ -569,6 +569,24 @@ def truncate_a_data_file(workdir):
     return 4, "train"
 
 
+def change_bytes_keeping_the_size(path: Path) -> None:
+    """Inverts 16 bytes in the middle of `path`: its size and its format stay valid, its content does not."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(255 - b for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+def change_params_bytes(workdir):
+    change_bytes_keeping_the_size(largest_file(step_dir(workdir, 4) / "params"))
+    return 4, "params"
+
+
+def change_train_bytes(workdir):
+    change_bytes_keeping_the_size(largest_file(step_dir(workdir, 4) / "train"))
+    return 4, "train"
+
+
 def empty_newer_step(workdir):
     step_dir(workdir, 6).mkdir()
     return 6, "has no meta, params, train"
@@ -597,6 +615,8 @@ def no_optimizer_state(workdir):
     [
         delete_a_data_file,
         truncate_a_data_file,
+        change_params_bytes,
+        change_train_bytes,
         empty_newer_step,
         partial_step,
         truncated_meta,

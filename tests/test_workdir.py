@@ -131,3 +131,19 @@ def test_a_workdir_refuses_a_tokenizer_other_than_the_models(tmp_path, rng, made
         with pytest.raises(ValueError, match=rf"{path} .*is not the tokenizer the model was trained with"):
             load(workdir)
             pytest.fail(f"{name} accepted another tokenizer")
+
+
+def test_changed_bytes_of_a_saved_step_are_an_error_naming_the_file(tmp_path, rng):
+    """A params file whose bytes changed but not its size used to restore silently."""
+    from tests.test_train import change_bytes_keeping_the_size
+
+    cfg = config.preset("tiny-fff")
+    source = model.MaskedLM(cfg, nnx.Rngs(0))
+    randomise(source, rng)
+    workdir_lib.save_config(tmp_path, cfg)
+    workdir_lib.save_params(tmp_path, 3, source)
+    params = tmp_path / workdir_lib.CHECKPOINT_DIR / "3" / "params"
+    data = max((p for p in params.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    change_bytes_keeping_the_size(data)
+    with pytest.raises(ValueError, match=rf"{data}: its content is not what was saved"):
+        workdir_lib.load_pretrained(tmp_path)

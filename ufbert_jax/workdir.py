@@ -3,14 +3,15 @@
     workdir/
       model.json        {"format": FORMAT, "model": ModelConfig fields, "tokenizer_sha256": hex digest}
       tokenizer.json    the Hugging Face `tokenizers` file (special-token ids are read from it)
-      checkpoints/<step>/   orbax steps with the items
+      checkpoints/<step>/   orbax steps with checksums.json and the items
                           "params": nnx.state(MaskedLM, nnx.Param) as a pure dict (always present)
                           "train":  optimizer state and anything else the trainer needs to resume (optional:
                                     absent in converted checkpoints, which then start a fresh optimizer)
                           "meta":   JSON (step, data position, rng seed, ...), optional
 
 Orbax writes each step to a temporary directory and renames it when complete, so a crash (even SIGKILL)
-never leaves a half-written step that restore would pick.
+never leaves a half-written step that restore would pick. Each step holds checksums.json, the size and
+SHA-256 of every item file (ufbert_jax.checksums), written before that rename and verified at restore.
 
 model.json records the SHA-256 of the tokenizer.json the model was trained with (written by the trainer
 and the converter); `load_tokenizer` refuses a tokenizer.json whose content differs from it, even with the
@@ -29,7 +30,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tokenizers import Tokenizer
 
-from ufbert_jax import io
+from ufbert_jax import checksums, io
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data import tokenizer as data_tokenizer
 from ufbert_jax.data.tokenizer import TOKENIZER_FILE
@@ -122,10 +123,41 @@ def tokenizer_path(workdir: str | Path) -> Path:
     return Path(workdir) / TOKENIZER_FILE
 
 
+class _Manager(ocp.CheckpointManager):
+    """An ocp.CheckpointManager that gives each step its checksums.json (ufbert_jax.checksums).
+
+    Orbax writes a step's items into checkpoints/N.orbax-checkpoint-tmp, then (in its background thread)
+    calls the post-finalization callback, then renames the folder to checkpoints/N. The callback writes the
+    checksums into the folder, so they are part of the step before it is complete; a kill before the
+    rename leaves no step at all.
+    """
+
+    def __init__(self, directory: Path, options: ocp.CheckpointManagerOptions):
+        self._saving: int | None = None
+        callback = ocp.AsyncOptions(post_finalization_callback=self._write_checksums)
+        super().__init__(directory, options=dataclasses.replace(options, async_options=callback))
+
+    def save(self, step: int, *args, **kwargs) -> bool:
+        self.wait_until_finished()  # the step in flight gets its checksums under its own number
+        self._saving = step
+        return super().save(step, *args, **kwargs)
+
+    def _write_checksums(self) -> None:
+        if jax.process_index() != 0:
+            return
+        temporary = Path(self.directory) / f"{self._saving}{TMP_DIR_SUFFIX}"
+        checksums.write(temporary if temporary.is_dir() else Path(self.directory) / str(self._saving))
+
+
 def manager(workdir: str | Path, **options) -> ocp.CheckpointManager:
-    """The CheckpointManager of a workdir; `options` go to ocp.CheckpointManagerOptions."""
+    """The CheckpointManager of a workdir (each step saved with its checksums); `options` go to
+    ocp.CheckpointManagerOptions."""
     directory = (Path(workdir) / CHECKPOINT_DIR).absolute()
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(**options))
+    return _Manager(directory, ocp.CheckpointManagerOptions(**options))
+
+
+def step_dir(workdir: str | Path, step: int) -> Path:
+    return Path(workdir) / CHECKPOINT_DIR / str(step)
 
 
 def checkpoint_items(workdir: str | Path, step: int) -> frozenset[str]:
@@ -160,17 +192,22 @@ def restore_params(workdir: str | Path, model: nnx.Module, step: int | None = No
     """Restores the encoder weights of `step` (default: the latest) into `model` in place; returns the step.
 
     `model` is a MaskedLM (whose parameters are exactly its encoder's: the decoder is tied) or a
-    SequenceClassifier, which keeps its freshly initialised pooler and head.
+    SequenceClassifier, which keeps its freshly initialised pooler and head. The step's params files are
+    verified against its checksums first (ufbert_jax.checksums): a changed file is a ChecksumError naming it.
     """
     with manager(workdir) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint steps under {Path(workdir) / CHECKPOINT_DIR}")
+        where = Path(mngr.directory) / str(step) / "params"
+        try:
+            checksums.verify(step_dir(workdir, step), ["params"])
+        except checksums.ChecksumError as error:
+            raise checksums.ChecksumError(f"{where} does not restore: {error}") from None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"encoder": params_of(model.encoder)})
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
         except Exception as error:
-            where = Path(mngr.directory) / str(step) / "params"
             raise ValueError(f"{where} does not restore: {error_reason(error)}") from error
     nnx.update(model.encoder, restored["params"]["encoder"])
     return step

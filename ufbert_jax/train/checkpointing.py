@@ -4,9 +4,10 @@ A trainer step holds "params", "train" (the optimizer state) and "meta": where t
 step, elapsed seconds, every process's data-iterator state) and what it is (`run_identity`: seed,
 microbatch, sequence length, corpus, process count, model).
 
-Resume (`restore`) takes the newest step that restores. A damaged step (a missing or truncated file, an
-empty or partial step folder, unreadable meta) is skipped with a warning naming it and the reason, and moved
-to workdir/damaged_checkpoints/ so that the run saves its step number again; the run fails only when no
+Resume (`restore`) takes the newest step that restores. A damaged step (a missing or truncated file, a
+file whose content differs from the step's checksums, an empty or partial step folder, unreadable meta) is
+skipped with a warning naming it and the reason, and moved to workdir/damaged_checkpoints/ so that the run
+saves its step number again; the run fails only when no
 step restores. A step with only "params" (a converted checkpoint) starts a fresh optimizer and budget from
 those weights, but only in a workdir that never had training state; elsewhere it is a damaged step.
 
@@ -26,7 +27,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ufbert_jax import io
+from ufbert_jax import checksums, io
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.model import MaskedLM
@@ -103,7 +104,8 @@ def _restore_trainer_step(
 ) -> dict:
     """Restores a trainer step (params, optimizer state, meta) into model and optimizer; returns its meta.
 
-    Raises, naming the item, where the step is incomplete or an item does not read; nothing is changed then.
+    Raises, naming the item, where the step is incomplete or an item does not read, and naming the file
+    where a file's content is not what was saved (ufbert_jax.checksums); nothing is changed then.
     """
     step_dir = Path(mngr.directory) / str(step)
     if missing := sorted(TRAINER_ITEMS - items):
@@ -112,6 +114,7 @@ def _restore_trainer_step(
         saved = _restore_meta(mngr, step)
     except Exception as error:
         raise ValueError(f"{step_dir / 'meta'} does not read: {workdir_lib.error_reason(error)}") from error
+    checksums.verify(step_dir, sorted(TRAINER_ITEMS))  # a ChecksumError names a file changed since the save
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
     optimizer_state = nnx.state(optimizer)
     try:
@@ -207,6 +210,7 @@ def _newest_meta(workdir: Path) -> dict | None:
         for step in sorted(mngr.all_steps(), reverse=True):
             if "meta" in workdir_lib.checkpoint_items(workdir, step):
                 try:
+                    checksums.verify(workdir_lib.step_dir(workdir, step), ["meta"])
                     return _restore_meta(mngr, step)
                 except Exception:  # a damaged step: restore() reports it and falls back
                     continue
