@@ -7,6 +7,7 @@ loader's interface); the end-to-end test on data/sample needs the data pipeline.
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import json
 import logging
@@ -641,6 +642,33 @@ def test_a_damaged_latest_step_falls_back_to_the_newest_that_restores(tmp_path, 
     assert (workdir / checkpointing.DAMAGED_DIR / str(damaged)).is_dir()
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_full_disk_stops_the_run_with_one_error_naming_the_file_and_keeps_the_last_step(
+    tmp_path, four_steps, monkeypatch
+):
+    """Writing step 6 finds no room (its checksums, the last file of the step): one NoSpaceError names the
+    file, the failed step is discarded, step 4 is intact, and a rerun with room resumes from it."""
+    from ufbert_jax import io
+
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", no_space)
+    with pytest.raises(io.NoSpaceError) as raised:
+        run_train(tiny_config(steps=6), workdir)
+    monkeypatch.undo()
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(
+        step_dir(workdir, 6).with_name("6.orbax-checkpoint-tmp") / "checksums.json"
+    )
+    assert "while saving checkpoint step 6 (discarded); the last complete step, 4, is intact" in str(
+        raised.value
+    )
+    assert sorted(p.name for p in (workdir / workdir_lib.CHECKPOINT_DIR).iterdir()) == ["2", "4"]
+    assert run_train(tiny_config(steps=6), workdir)["step"] == 6
 
 
 def test_no_restorable_step_is_an_error_listing_each_step(tmp_path, four_steps):

@@ -3,11 +3,11 @@
 A file whose bytes change after the save (a bad disk or copy, a stray write) usually keeps its size and its
 format, so orbax restores it without complaint and the damage shows up later as a NaN loss or wrong scores.
 So every step folder holds checksums.json: the size and SHA-256 of each file of its items (params/, train/,
-meta/). `workdir.manager` writes it after orbax has written the items and before orbax renames the step's
-temporary folder into place, so every complete step has one. Readers call `verify` for the items they
-restore: a file that differs from its record is a ChecksumError naming it (the trainer then sets the step
-aside and resumes from the one before; a loader stops). A step saved before checksums existed has no
-checksums.json and restores unverified, with a warning.
+meta/). The workdir's manager (ufbert_jax.checkpoint_manager) writes it after orbax has written the items
+and before orbax renames the step's temporary folder into place, so every complete step has one. Readers
+call `verify` for the items they restore: a file that differs from its record is a ChecksumError naming it
+(the trainer then sets the step aside and resumes from the one before; a loader stops). A step saved
+before checksums existed has no checksums.json and restores unverified, with a warning.
 """
 
 from __future__ import annotations

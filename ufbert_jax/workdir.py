@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from tokenizers import Tokenizer
 
-from ufbert_jax import checksums, io
+from ufbert_jax import checkpoint_manager, checksums, io
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data import tokenizer as data_tokenizer
 from ufbert_jax.data.tokenizer import TOKENIZER_FILE
@@ -39,8 +39,7 @@ from ufbert_jax.model import MaskedLM
 FORMAT = "ufbert-jax/1"
 MODEL_CONFIG_FILE = "model.json"
 CHECKPOINT_DIR = "checkpoints"
-# Orbax writes step N into checkpoints/N.orbax-checkpoint-tmp and renames it to checkpoints/N when complete.
-TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
+TMP_DIR_SUFFIX = checkpoint_manager.TMP_DIR_SUFFIX
 
 
 def check_not_a_file(workdir: str | Path) -> None:
@@ -123,37 +122,12 @@ def tokenizer_path(workdir: str | Path) -> Path:
     return Path(workdir) / TOKENIZER_FILE
 
 
-class _Manager(ocp.CheckpointManager):
-    """An ocp.CheckpointManager that gives each step its checksums.json (ufbert_jax.checksums).
-
-    Orbax writes a step's items into checkpoints/N.orbax-checkpoint-tmp, then (in its background thread)
-    calls the post-finalization callback, then renames the folder to checkpoints/N. The callback writes the
-    checksums into the folder, so they are part of the step before it is complete; a kill before the
-    rename leaves no step at all.
-    """
-
-    def __init__(self, directory: Path, options: ocp.CheckpointManagerOptions):
-        self._saving: int | None = None
-        callback = ocp.AsyncOptions(post_finalization_callback=self._write_checksums)
-        super().__init__(directory, options=dataclasses.replace(options, async_options=callback))
-
-    def save(self, step: int, *args, **kwargs) -> bool:
-        self.wait_until_finished()  # the step in flight gets its checksums under its own number
-        self._saving = step
-        return super().save(step, *args, **kwargs)
-
-    def _write_checksums(self) -> None:
-        if jax.process_index() != 0:
-            return
-        temporary = Path(self.directory) / f"{self._saving}{TMP_DIR_SUFFIX}"
-        checksums.write(temporary if temporary.is_dir() else Path(self.directory) / str(self._saving))
-
-
 def manager(workdir: str | Path, **options) -> ocp.CheckpointManager:
-    """The CheckpointManager of a workdir (each step saved with its checksums); `options` go to
+    """The CheckpointManager of a workdir (each step saved with its checksums, a write that finds no room
+    raised once as io.NoSpaceError: ufbert_jax.checkpoint_manager); `options` go to
     ocp.CheckpointManagerOptions."""
     directory = (Path(workdir) / CHECKPOINT_DIR).absolute()
-    return _Manager(directory, ocp.CheckpointManagerOptions(**options))
+    return checkpoint_manager.Manager(directory, ocp.CheckpointManagerOptions(**options))
 
 
 def step_dir(workdir: str | Path, step: int) -> Path:
