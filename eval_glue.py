@@ -19,6 +19,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from ufbert_jax import cli
 from ufbert_jax.glue import evaluate_workdir, report
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "glue.py"
@@ -51,4 +52,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "eval_glue.py")

@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import sys
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from ufbert_jax import cli
 from ufbert_jax.train.interrupt import TrainingInterrupted
 from ufbert_jax.train.loop import train_and_evaluate
 
@@ -49,4 +50,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "train.py")

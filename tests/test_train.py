@@ -838,6 +838,48 @@ def test_resume_with_model_json_missing_refuses_another_model_and_writes_nothing
     assert workdir_lib.load_config(tmp_path).hidden == 64
 
 
+def limit_file_size(limit: int):
+    """preexec_fn: writes past `limit` bytes fail with EFBIG (the process is not signalled)."""
+
+    def limit_in_child():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return limit_in_child
+
+
+def test_a_checkpoint_that_finds_no_room_ends_train_py_with_one_line(tmp_path, small_corpus):
+    """Orbax's background writes fail for lack of room (here a file size limit: a full disk fails the same
+    way, with ENOSPC): one line names the file and the step, exit status 2, no traceback (it used to be
+    hundreds of lines from orbax's threads)."""
+    workdir = tmp_path / "work"
+    args = [
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        *(f"--config.data.{name}={value}" for name, value in small_corpus.items() if name != "sources"),
+        f"--config.data.sources={small_corpus['sources'][0]}",
+        "--config.model_overrides.vocab_size=1024",
+        *("--config.seq_len=16", "--config.microbatch=8", "--config.final_batch=16", "--config.steps=4"),
+        *("--config.checkpoint_every=2", "--config.eval_every=0", "--config.progress_bar=False"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size(120_000),  # the 1024 x 64 float32 embedding alone is 262 kB
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("train.py: error: ")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"{workdir}/checkpoints/2.orbax-checkpoint-tmp/" in errors[0], errors[0]
+    assert "File too large while saving checkpoint step 2 (discarded)" in errors[0], errors[0]
+    assert len(done.stderr.splitlines()) < 20, done.stderr
+    assert not (workdir / "checkpoints" / "2.orbax-checkpoint-tmp").exists()
+
+
 def test_ctrl_c_saves_the_step_and_exits_130(tmp_path, small_corpus):
     workdir = tmp_path / "work"
     args = [

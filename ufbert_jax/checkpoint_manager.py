@@ -10,8 +10,9 @@ post-finalization callback, then renames the folder to checkpoints/N. `Manager`:
     failure from several threads, each with a traceback, and again at every later wait; those log records
     are dropped (`_QuietWriteFailures`) and the failure is raised once, at the next save or wait. The
     failed save's other writes then end on orbax's closed event loop, which Python reports as
-    "unraisable" exceptions (dozens of "Event loop is closed" tracebacks, more at exit): those are
-    dropped as well (`_quiet_unraisable`), and every other unraisable exception is reported as before.
+    "unraisable" exceptions (dozens of "Event loop is closed" tracebacks, more at exit), asyncio's
+    "Future exception was never retrieved" and a warning per unfinished write: those are dropped as well
+    (`_quiet_unraisable`, the filter, a warnings filter), and everything else is reported as before.
 Any other failure is left as orbax raises it.
 """
 
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import jax
@@ -54,16 +56,19 @@ def _no_space(error: BaseException) -> tuple[int, str | None] | None:
 
 
 class _QuietWriteFailures(logging.Filter):
-    """Drops orbax's own error reports of a write that found no room: Manager raises it once, named."""
+    """Drops the error reports of a write that found no room from orbax (its threads) and asyncio (its
+    failed writes' futures, collected at exit): Manager raises the failure once, named."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.ERROR or "orbax" not in record.pathname:
+        if record.levelno < logging.ERROR or not ("orbax" in record.pathname or record.name == "asyncio"):
             return True
         error = record.exc_info[1] if record.exc_info else None
         return _no_space(error or RuntimeError(record.getMessage())) is None
 
 
 _QUIET = _QuietWriteFailures()
+# A failed save leaves orbax's other write coroutines unfinished; Python warns about each at exit.
+_UNAWAITED_WRITE = r"coroutine 'async_serialize_from_host\.<locals>\.write_fragment' was never awaited"
 
 
 def _orbax_leftover(unraisable) -> bool:
@@ -96,8 +101,10 @@ class Manager(ocp.CheckpointManager):
     def __init__(self, directory: str | Path, options: ocp.CheckpointManagerOptions):
         self._saving: int | None = None
         self._reported: BaseException | None = None
-        logging.getLogger("absl").addFilter(_QUIET)  # orbax logs through absl; adding twice is a no-op
+        for logger in ("absl", "asyncio"):  # orbax logs through absl; adding a filter twice is a no-op
+            logging.getLogger(logger).addFilter(_QUIET)
         _quiet_unraisable()
+        warnings.filterwarnings("ignore", _UNAWAITED_WRITE, RuntimeWarning)
         callback = ocp.AsyncOptions(post_finalization_callback=self._write_checksums)
         super().__init__(Path(directory), options=dataclasses.replace(options, async_options=callback))
 

@@ -98,6 +98,7 @@ def check_tokenizer(workdir: str | Path, path: str | Path | None = None) -> None
 
 def load_tokenizer(workdir: str | Path) -> Tokenizer:
     """workdir/tokenizer.json, checked against the fingerprint in model.json (`check_tokenizer`)."""
+    check_not_a_file(workdir)
     check_tokenizer(workdir)
     return data_tokenizer.load_tokenizer(tokenizer_path(workdir))
 
@@ -162,6 +163,22 @@ def save_params(workdir: str | Path, step: int, model: MaskedLM) -> None:
         mngr.wait_until_finished()
 
 
+def check_step(workdir: str | Path, step: int | None = None) -> int:
+    """The checkpoint step `step` (default: the latest) after checking that it exists and that its params
+    files are what was saved (ufbert_jax.checksums); a FileNotFoundError or a ChecksumError names them."""
+    step = latest_step(workdir) if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint steps under {Path(workdir) / CHECKPOINT_DIR}")
+    where = step_dir(workdir, step)
+    if not where.is_dir():
+        raise FileNotFoundError(f"no checkpoint step {step} under {where.parent}")
+    try:
+        checksums.verify(where, ["params"])
+    except checksums.ChecksumError as error:
+        raise checksums.ChecksumError(f"{where / 'params'} does not restore: {error}") from None
+    return step
+
+
 def restore_params(workdir: str | Path, model: nnx.Module, step: int | None = None) -> int:
     """Restores the encoder weights of `step` (default: the latest) into `model` in place; returns the step.
 
@@ -169,15 +186,9 @@ def restore_params(workdir: str | Path, model: nnx.Module, step: int | None = No
     SequenceClassifier, which keeps its freshly initialised pooler and head. The step's params files are
     verified against its checksums first (ufbert_jax.checksums): a changed file is a ChecksumError naming it.
     """
+    step = check_step(workdir, step)
     with manager(workdir) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint steps under {Path(workdir) / CHECKPOINT_DIR}")
         where = Path(mngr.directory) / str(step) / "params"
-        try:
-            checksums.verify(step_dir(workdir, step), ["params"])
-        except checksums.ChecksumError as error:
-            raise checksums.ChecksumError(f"{where} does not restore: {error}") from None
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"encoder": params_of(model.encoder)})
         try:
             restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))

@@ -15,6 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from ufbert_jax import cli
 from ufbert_jax.analysis import routing_report
 
 flags.DEFINE_string("workdir", None, "Workdir (model.json, tokenizer.json, checkpoints/).")
@@ -38,4 +39,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "python -m ufbert_jax.analysis")

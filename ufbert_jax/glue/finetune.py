@@ -167,7 +167,8 @@ class Pretrained:
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> Pretrained:
         """Reads model.json and tokenizer.json; a tokenizer other than the model's (workdir.check_tokenizer),
-        without the special tokens or with ids beyond the model's vocabulary is a ValueError."""
+        without the special tokens or with ids beyond the model's vocabulary is a ValueError, a missing
+        checkpoint step a FileNotFoundError and one whose params changed since the save a ChecksumError."""
         workdir = Path(workdir)
         cfg = workdir_lib.load_config(workdir)
         tokenizer = workdir_lib.load_tokenizer(workdir)  # the one the model was trained with
@@ -175,6 +176,7 @@ class Pretrained:
         tokenizer.no_padding()
         SpecialIds.of(tokenizer, workdir_lib.tokenizer_path(workdir))  # before any task, naming the file
         check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
+        workdir_lib.check_step(workdir, step)  # a missing or changed checkpoint is refused before any task
         return cls(workdir, cfg, tokenizer, step)
 
     def classifier(self, num_labels: int, recipe: Recipe) -> tuple[SequenceClassifier, int]:

@@ -233,6 +233,7 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: Mo
     the run identity saved in the newest readable meta: the seed and, for steps saved with one,
     `run_identity`. Reads only, so a refused start leaves the workdir as it was.
     """
+    workdir_lib.check_not_a_file(workdir)
     problems = []
     saved = _newest_meta(workdir)
     if (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
