@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from ufbert_jax import io
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.analysis import capture, plots, routing
 from ufbert_jax.analysis.text import token_rows
@@ -149,8 +150,7 @@ def analyze_workdir(
         },
     }
     result = routing_json(totals, meta)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ROUTING_FILE).write_text(json.dumps(result) + "\n")
+    io.write_text(out / ROUTING_FILE, json.dumps(result) + "\n")  # atomic; an error names the file
     result["figures"] = [str(path) for path in plots.write_all(result, out)]
     return result
 
