@@ -40,6 +40,7 @@ FORMAT = "ufbert-jax/1"
 MODEL_CONFIG_FILE = "model.json"
 CHECKPOINT_DIR = "checkpoints"
 TMP_DIR_SUFFIX = checkpoint_manager.TMP_DIR_SUFFIX
+TOKENIZER_SHA256 = "tokenizer_sha256"  # the model.json key of the tokenizer's fingerprint
 
 
 def check_not_a_file(workdir: str | Path) -> None:
@@ -47,9 +48,6 @@ def check_not_a_file(workdir: str | Path) -> None:
     path = Path(workdir)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{path} is a file, not a workdir (a folder)")
-
-
-TOKENIZER_SHA256 = "tokenizer_sha256"
 
 
 def save_config(workdir: str | Path, cfg: ModelConfig, tokenizer_sha256: str | None = None) -> None:

@@ -7,9 +7,9 @@ microbatch, sequence length, corpus, process count, model).
 Resume (`restore`) takes the newest step that restores. A damaged step (a missing or truncated file, a
 file whose content differs from the step's checksums, an empty or partial step folder, unreadable meta) is
 skipped with a warning naming it and the reason, and moved to workdir/damaged_checkpoints/ so that the run
-saves its step number again; the run fails only when no
-step restores. A step with only "params" (a converted checkpoint) starts a fresh optimizer and budget from
-those weights, but only in a workdir that never had training state; elsewhere it is a damaged step.
+saves its step number again; the run fails only when no step restores. A step with only "params" (a
+converted checkpoint) starts a fresh optimizer and budget from those weights, but only in a workdir that
+never had training state; elsewhere it is a damaged step.
 
 Before anything is written (`check_resume`), a resumed workdir must hold the same model and the same run.
 """
