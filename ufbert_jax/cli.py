@@ -101,7 +101,6 @@ def _parser(program: str) -> Callable[[list[str]], list[str]]:
             if message is None:
                 raise
             _stop(program, " ".join(f"{message} (see --helpshort)".split()))
-        raise AssertionError("unreachable")
 
     return parse
 
