@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from ufbert_jax import logs, original_format
+from ufbert_jax import cli, logs, original_format
 from ufbert_jax.model import count_params
 
 flags.DEFINE_string("source", None, "Original-format directory or hub id to convert into --workdir.")
@@ -38,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "convert.py")

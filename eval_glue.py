@@ -7,7 +7,8 @@ Every field of the config file (default configs/glue.py) is a flag --config.FIEL
 is --config.task_overrides.TASK.FIELD=VALUE (`--show_config` lists them all, with their values and what
 they do). Prints the per-task table and the averages, and writes
 results.json and results.md to --out (default WORKDIR/glue) after every task, so finished tasks survive a
-crash. A task that fails is reported and the others run; the exit status is then 1.
+crash; the results of other tasks already there (same workdir and step) are kept. A task that fails is
+reported and the others run; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs.glue import FIELDS
-from ufbert_jax import config_fields, logs
+from ufbert_jax import cli, config_fields, logs
 from ufbert_jax.glue import evaluate_workdir, report
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "glue.py"
@@ -69,4 +70,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "eval_glue.py")

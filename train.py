@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from configs.recipe import FIELDS
-from ufbert_jax import config_fields, logs
+from ufbert_jax import cli, config_fields, logs
 from ufbert_jax.train.interrupt import TrainingInterrupted
 from ufbert_jax.train.loop import train_and_evaluate
 
@@ -69,4 +69,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    cli.run(main, "train.py")

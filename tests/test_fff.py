@@ -248,3 +248,35 @@ def test_bad_dtypes_and_impl_give_clear_errors():
         fff.apply(jnp.zeros((2, 8), jnp.int32), w, jnp.zeros((1, 3)), w)
     with pytest.raises(ValueError, match="unknown FFF impl 'fast'"):
         fff.apply(jnp.zeros((2, 8)), w, jnp.zeros((1, 3)), w, impl="fast")
+
+
+def _forms_on_this_host() -> list[str]:
+    """Every FFF implementation that runs on this host (the CPU custom call where it builds)."""
+    from ufbert_jax.kernels import fff_cpu
+
+    forms = ["masked", "conditional", "sparse", "auto"]
+    return forms + (["cpu"] if jax.default_backend() == "cpu" and fff_cpu.is_available() else [])
+
+
+@pytest.mark.parametrize("part", ["w_in", "b_in", "w_out", "w_out entry"])
+def test_a_non_finite_leaf_reaches_only_the_tokens_that_visit_it(rng, part):
+    """A node off a token's path never changes that token's output, in every form: NaN weights of one leaf
+    give NaN exactly in the tokens whose path ends there (the masked form used to give NaN everywhere)."""
+    x, w_in, b_in, w_out = draw_clear(rng, 2, 3, 16, lead=(40,))
+    _, visited, _ = reference(x, w_in, b_in, w_out)
+    leaves, counts = np.unique(visited[:, 1, -1], return_counts=True)
+    leaf = int(leaves[np.argmax(counts)])  # the leaf of tree 1 that most tokens reach: some do, some not
+    if part == "w_in":
+        w_in[1, leaf] = np.nan
+    elif part == "b_in":
+        b_in[1, leaf] = np.nan
+    elif part == "w_out":
+        w_out[1, leaf] = np.nan
+    else:
+        w_out[1, leaf, 5] = np.inf
+    reaches = visited[:, 1, -1] == leaf  # [T]
+    assert 0 < reaches.sum() < len(reaches)
+    for impl in _forms_on_this_host():
+        y = np.asarray(fff.apply(x, w_in, b_in, w_out, impl=impl))
+        np.testing.assert_array_equal(~np.isfinite(y).all(axis=-1), reaches, err_msg=impl)
+        assert np.isfinite(y[~reaches]).all(), impl

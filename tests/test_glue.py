@@ -506,6 +506,25 @@ def test_eval_glue_end_to_end_writes_results(tmp_path, workdir, rng):
     assert table.endswith(report.markdown(saved)) and "| qqp | - | - | skipped:" in table
 
 
+def test_results_of_other_tasks_in_out_are_kept_and_averaged_with_the_new_ones(tmp_path, workdir, rng):
+    glue_dir, out = tmp_path / "glue", tmp_path / "out"
+    write_glue(glue_dir, rng, tasks=("wnli", "stsb"), n=20)
+    bad_stsb_row(glue_dir)
+    evaluate_workdir(glue_config(tasks="wnli,stsb", **SMALL_RECIPE), workdir, glue_dir, out)
+    first = json.loads((out / "results.json").read_text())
+    results = evaluate_workdir(glue_config(tasks="qqp", **SMALL_RECIPE), workdir, glue_dir, out)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    # wnli kept as it was, qqp added; the failed stsb is not carried over (its run reported it)
+    assert list(saved["tasks"]) == ["wnli", "qqp"] and saved["tasks"]["wnli"] == first["tasks"]["wnli"]
+    assert saved["tasks"]["qqp"]["status"] == "skipped" and saved["averages"]["glue"]["rows"] == ["wnli"]
+    assert "| wnli | wnli |" in (out / "results.md").read_text()
+    other = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**other, "workdir": str(tmp_path / "elsewhere")}))
+    with pytest.raises(ValueError, match=rf"{out / 'results.json'} holds the results of another workdir"):
+        evaluate_workdir(glue_config(tasks="qqp", **SMALL_RECIPE), workdir, glue_dir, out)
+
+
 def test_bad_recipe_values_fail_before_any_training(workdir, tmp_path):
     with pytest.raises(ValueError, match="epochs=0 must be >= 1"):
         evaluate_workdir(

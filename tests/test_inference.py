@@ -62,9 +62,9 @@ def test_fill_mask_batch_matches_each_text_alone_and_compiles_a_few_shapes(conve
     mlm, tokenizer = converted
     words = [w for w in tokenizer.get_vocab() if not w.startswith(("<", "#"))]
     texts = []
-    for _ in range(11):  # lengths 2..20 words: both buckets (8, 16) and cut texts
+    for _ in range(11):  # lengths 2..20 words: both buckets (8, 16) and cut texts, their masks kept
         text = list(rng.choice(words, int(rng.integers(2, 21))))
-        for position in rng.choice(len(text), int(rng.integers(1, 3)), replace=False):
+        for position in rng.choice(min(len(text), 12), int(rng.integers(1, 3)), replace=False):
             text[position] = "<mask>"
         texts.append(" ".join(text))
     texts.append("no mask here")
@@ -93,3 +93,16 @@ def test_fill_mask_batch_arguments(converted):
         inference.fill_mask_batch(mlm, tokenizer, ["a <mask>"], batch_size=0)
     with pytest.raises(ValueError, match=r"top_k=0 must be in \[1, "):
         inference.fill_mask_batch(mlm, tokenizer, ["a <mask>"], top_k=0)
+
+
+def test_fill_mask_refuses_a_string_for_a_list_and_names_a_mask_cut_off(converted):
+    mlm, tokenizer = converted
+    with pytest.raises(TypeError, match=r"texts must be a sequence of str, not one str"):
+        inference.fill_mask_batch(mlm, tokenizer, "a <mask>")
+    long_text = " ".join(["the"] * 40 + ["<mask>"])  # the mask lies beyond max_len = 16
+    with pytest.raises(ValueError, match=r"cut off by truncation to the model's max_len=16"):
+        inference.fill_mask(mlm, tokenizer, long_text)
+    with pytest.raises(ValueError, match=r"text 1 .*cut off by truncation to the model's max_len=16"):
+        inference.fill_mask_batch(mlm, tokenizer, ["a <mask>", long_text])
+    with pytest.raises(ValueError, match="has no mask token '<mask>'"):
+        inference.fill_mask(mlm, tokenizer, "the the the")

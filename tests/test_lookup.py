@@ -51,3 +51,23 @@ def test_gradient_under_jit_and_grad_matches_take(rng):
     ours = jax.jit(jax.grad(lambda t: jnp.sum(lookup.embed(t, ids) * weights)))(table)
     theirs = jax.grad(lambda t: jnp.sum(jnp.take(t, ids, axis=0) * weights))(table)
     np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+def test_ids_outside_the_vocabulary_give_nan_rows_negative_ones_included(rng):
+    """One rule under jit on every backend: an id outside [0, V), negative or not, reads a NaN row (it
+    never wraps around to row V + id) and its cotangent is dropped."""
+    table = jnp.asarray(rng.standard_normal((6, 4)), jnp.float32)  # [V, H]
+    ids = jnp.asarray([[-1, 6, 0], [-6, 5, 100]], jnp.int32)  # [B, S]
+    rows = np.asarray(jax.jit(lookup.embed)(table, ids))  # [B, S, H]
+    assert np.isnan(rows[[0, 0, 1, 1], [0, 1, 0, 2]]).all()
+    np.testing.assert_array_equal(rows[0, 2], table[0])
+    np.testing.assert_array_equal(rows[1, 1], table[5])
+    grad = jax.grad(lambda t: jnp.nansum(lookup.embed(t, ids)))(table)
+    np.testing.assert_array_equal(grad, np.eye(6, dtype=np.float32)[[0, 5]].sum(0)[:, None] * np.ones(4))
+
+
+def test_check_ids_names_the_first_bad_id_and_its_position():
+    ids = np.array([[1, 2], [3, -1]])
+    with pytest.raises(ValueError, match=r"token id -1 at \[1, 1\] is outside the vocabulary \[0, 4\)"):
+        lookup.check_ids(ids, 4)
+    lookup.check_ids(np.array([[0, 3]]), 4)

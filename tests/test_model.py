@@ -160,6 +160,22 @@ def test_bad_inputs_give_clear_errors():
         model.SequenceClassifier(cfg, 0, nnx.Rngs(0))
 
 
+@pytest.mark.parametrize("bad", [61, -1])
+def test_out_of_range_ids_are_refused_when_concrete_and_nan_under_jit(bad):
+    """A direct call with concrete ids names the bad id and its position (it used to give NaN logits for
+    id V and read row V-1 for id -1); traced ids follow lookup.embed's rule: the sequence's logits are
+    NaN, for a negative id as for one >= V."""
+    mlm = model.MaskedLM(config.ModelConfig(**SMALL, fff_trees=1, fff_depth=1), nnx.Rngs(0))
+    ids = np.ones((2, 5), np.int32)
+    ids[1, 3] = bad
+    with pytest.raises(ValueError, match=rf"token id {bad} at \[1, 3\] is outside the vocabulary \[0, 61\)"):
+        mlm(jnp.asarray(ids))
+    with pytest.raises(ValueError, match=rf"token id {bad} at \[1, 3\]"):
+        mlm.encoder(ids)
+    logits = np.asarray(nnx.jit(lambda m, i: m(i))(mlm, jnp.asarray(ids)))  # [B, S, V]
+    assert np.isfinite(logits[0]).all() and np.isnan(logits[1]).all()
+
+
 def test_state_dict_round_trip_is_bit_exact(rng):
     cfg = config.ModelConfig(**SMALL, fff_trees=3, fff_depth=2)
     source = model.MaskedLM(cfg, nnx.Rngs(0))

@@ -310,17 +310,64 @@ def test_special_ids_are_read_from_the_tokenizer_file(original):
     assert tokenizer.encode("the cat").ids == [7, 8, 1]  # "A <sep>"
 
 
-def test_decoder_copy_wins_when_the_tied_copies_differ(tmp_path, rng):
+def test_decoder_copy_wins_when_the_tied_copies_differ_with_a_warning(tmp_path, rng):
     arch = small_arch("fff-1x3")
     sd = original_state_dict(arch, rng)
-    sd["decoder.weight"] = rng.standard_normal(sd["decoder.weight"].shape).astype(np.float32)
-    mlm, tokenizer = original_format.from_pretrained(write_original(tmp_path / "original", arch, sd))
+    sd["decoder.weight"] = sd["decoder.weight"].copy()
+    sd["decoder.weight"][5, 3] += 0.25  # the largest difference
+    sd["decoder.weight"][7] += 0.01
+    with pytest.warns(
+        state_dict.TiedCopiesWarning,
+        match=r"differ: largest difference 0\.25 at \[5, 3\] \(33 of 1952 values differ\); decoder\.weight",
+    ):
+        mlm, tokenizer = original_format.from_pretrained(write_original(tmp_path / "original", arch, sd))
     np.testing.assert_array_equal(mlm.encoder.embedding.word.embedding[...], sd["decoder.weight"])
     again = safetensors.numpy.load_file(
         original_format.save_pretrained(mlm, tokenizer, tmp_path / "out") / "model.safetensors"
     )
     np.testing.assert_array_equal(again["encoder.embedding.word_embedding.weight"], sd["decoder.weight"])
     np.testing.assert_array_equal(again["decoder.weight"], sd["decoder.weight"])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_checkpoint_converts(tmp_path, rng, dtype):
+    """float16 and bfloat16 files convert: weights widened exactly, norm_factor E^-0.5 rounded to the
+    file's dtype accepted (head dim 8: 0.35355 is 0.35352 in float16, 0.35352 in bfloat16 too)."""
+    import ml_dtypes
+
+    arch = small_arch("fff-3x2")
+    arch["attention"]["num_attention_heads"] = 4  # head dim 8: E^-0.5 is not a short binary fraction
+    half = np.float16 if dtype == "float16" else ml_dtypes.bfloat16
+    sd = {key: value.astype(half) for key, value in original_state_dict(arch, rng).items()}
+    mlm, _ = original_format.from_pretrained(write_original(tmp_path / "original", arch, sd))
+    assert mlm.cfg.head_dim == 8
+    np.testing.assert_array_equal(
+        mlm.encoder.layers[1].ffn.b_in[...].reshape(-1),
+        sd["encoder.layers.1.ffn.linear_in.bias"].astype(np.float32),
+    )
+
+
+def test_a_convert_killed_mid_save_never_blocks_the_rerun(original, tmp_path):
+    """A kill during the save leaves the step in orbax's temporary folder: the rerun converts again."""
+    directory, _ = original
+    workdir = tmp_path / "workdir"
+    original_format.to_workdir(directory, workdir)
+    steps = workdir / workdir_lib.CHECKPOINT_DIR
+    (steps / "0").rename(steps / "0.orbax-checkpoint-tmp")  # what a kill before the commit leaves
+    data = max((p for p in steps.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(FileNotFoundError, match="no checkpoint steps under"):
+        workdir_lib.load_pretrained(workdir)  # eval_glue finds no step ...
+    original_format.to_workdir(directory, workdir)  # ... and the rerun is not refused
+    assert (
+        workdir_lib.restore_params(workdir, model.MaskedLM(workdir_lib.load_config(workdir), nnx.Rngs(0)))
+        == 0
+    )
+    assert sorted(p.name for p in steps.iterdir()) == ["0"]
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        original_format.to_workdir(directory, workdir)  # a complete one is kept
+    with pytest.raises(NotADirectoryError, match="is a file, not a workdir"):
+        original_format.to_workdir(directory, tmp_path / "workdir" / "model.json")
 
 
 def convert_script(*flags: str) -> subprocess.CompletedProcess:

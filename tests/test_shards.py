@@ -280,3 +280,49 @@ def test_folder_names_change_with_every_input():
     ]
     assert len({name, *others}) == 6
     assert shards.folder_name(["hf:EleutherAI/pile"], 32768, 128).startswith("pile-32768-")
+
+
+class RecordingTokenizer:
+    """The real tokenizer, recording the longest text it is asked to encode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.longest = tokenizer, 0
+
+    def encode_batch(self, texts, **options):
+        self.longest = max([self.longest, *map(len, texts)])
+        return self.tokenizer.encode_batch(texts, **options)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_long_line_reaches_the_tokenizer_in_bounded_pieces_with_the_same_ids(tmp_path, rng, monkeypatch):
+    """A one-line document much longer than corpus.MAX_PIECE_CHARS is trained on and tokenized in pieces cut
+    at whitespace (whole, a 30 MB line took 5 GB of memory): the same tokenizer file and the same ids."""
+    from ufbert_jax.data import corpus, shards
+
+    monkeypatch.setattr(corpus, "MAX_PIECE_CHARS", 300, raising=False)
+    monkeypatch.setattr(shards, "MAX_BATCH_CHARS", 1000, raising=False)
+    docs = [" ".join(rng.choice(WORDS, 3000)) + ".", "a short one."]  # the first: ~20k characters
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "long.txt").write_text("\n\n".join(docs) + "\n")
+    trained_on, encoders = [], []
+    train = shards.train_wordpiece
+    monkeypatch.setattr(
+        shards, "train_wordpiece", lambda texts, *a: train(trained_on.extend(texts) or trained_on, *a)
+    )
+    load = shards.load_tokenizer
+    monkeypatch.setattr(
+        shards, "load_tokenizer", lambda path: encoders.append(RecordingTokenizer(load(path))) or encoders[-1]
+    )
+    out = prepare_shards(
+        [str(tmp_path / "corpus")], tmp_path / "shards", tmp_path / "tok.json", seq_len=SEQ, vocab_size=200,
+        num_workers=1,
+    )  # fmt: skip
+    assert max(map(len, trained_on)) <= 300 and "".join(trained_on) == "".join(docs)
+    assert 0 < max(encoder.longest for encoder in encoders) <= 300
+    train_wordpiece(docs, 200, tmp_path / "whole.json")  # the same tokenizer as trained on whole documents
+    assert (tmp_path / "tok.json").read_bytes() == (tmp_path / "whole.json").read_bytes()
+    rows = np.stack([row for row in TokenShards(out)])
+    stream = expected_stream(tmp_path / "tok.json", docs)  # each document encoded whole
+    np.testing.assert_array_equal(rows.ravel(), stream[: rows.size])

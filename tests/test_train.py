@@ -7,6 +7,7 @@ loader's interface); the end-to-end test on data/sample needs the data pipeline.
 from __future__ import annotations
 
 import ast
+import errno
 import functools
 import json
 import logging
@@ -15,6 +16,7 @@ import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +34,7 @@ from configs import recipe
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, inputs, loop, metrics, optim, plot
+from ufbert_jax.train import checkpointing, inputs, lock, loop, metrics, optim, plot, settings
 from ufbert_jax.train.steps import mlm_loss
 
 REPO = Path(__file__).resolve().parents[1]
@@ -303,6 +305,65 @@ def test_bad_configs_fail_before_writing(tmp_path):
     assert not (tmp_path / "work").exists()
 
 
+@pytest.mark.parametrize(
+    "field,value,allowed",
+    [
+        ("optimizer.lr", -1e-3, "a finite number > 0"),
+        ("checkpoint_every", -1, r"an integer >= 0 \(0: save only at the end"),
+        ("optimizer.b2", 1.0, r"a finite number in \[0, 1\)"),
+    ],
+)
+def test_settings_are_checked_before_the_workdir_is_written(tmp_path, field, value, allowed):
+    """A negative learning rate used to train (exit 0), checkpoint_every=-1 to mean "only at the end"."""
+
+    def with_value(config):
+        section, _, name = field.rpartition(".")
+        (config[section] if section else config)[name] = value
+        return config
+
+    with pytest.raises(settings.ConfigError, match=rf"{re.escape(field)}={value!r} must be {allowed}"):
+        run_train(with_value(tiny_config()), tmp_path / "work")
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(settings.ConfigError, match=re.escape(field)):  # before the corpus is looked at
+        loop.train_and_evaluate(with_value(data_config(tmp_path, [tmp_path / "none"])), tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+def test_every_setting_has_a_rule_and_all_problems_are_listed_at_once():
+    config = tiny_config(microbatch=8, final_batch=12, steps=0, budget_hours=0.0, seed=-1, eval_batches=0)
+    config.optimizer.clip_norm = float("nan")
+    config.data.worker_count = True  # a bool is not an integer
+    found = settings.problems(config)
+    text = "; ".join(found)
+    for part in (
+        "eval_batches=0 must be an integer >= 1",
+        "seed=-1 must be an integer in [0, 2147483647)",
+        "optimizer.clip_norm=nan must be a finite number > 0",
+        "data.worker_count=True must be an integer >= 0",
+        "final_batch=12 must be a multiple of microbatch=8",
+        "need a budget: steps >= 1 or budget_hours > 0 (got steps=0, budget_hours=0.0)",
+    ):
+        assert part in text, (part, text)
+    assert len(found) == 6
+    numeric = {
+        key
+        for key, value in _flat(recipe.base_config()).items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    assert numeric == set(settings.RULES), numeric ^ set(settings.RULES)
+    assert settings.problems(tiny_config()) == []
+
+
+def _flat(config, prefix="") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict | dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def test_resume_refuses_a_different_model(tmp_path):
     checkpointing.prepare_workdir(tmp_path, preset("tiny-fff"), REPO / "tests" / "test_train.py")
     with pytest.raises(ValueError, match=r"different model.*'hidden': \(64, 32\)"):
@@ -560,6 +621,24 @@ def truncate_a_data_file(workdir):
     return 4, "train"
 
 
+def change_bytes_keeping_the_size(path: Path) -> None:
+    """Inverts 16 bytes in the middle of `path`: its size and its format stay valid, its content does not."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 16] = bytes(255 - b for b in data[middle : middle + 16])
+    path.write_bytes(bytes(data))
+
+
+def change_params_bytes(workdir):
+    change_bytes_keeping_the_size(largest_file(step_dir(workdir, 4) / "params"))
+    return 4, "params"
+
+
+def change_train_bytes(workdir):
+    change_bytes_keeping_the_size(largest_file(step_dir(workdir, 4) / "train"))
+    return 4, "train"
+
+
 def empty_newer_step(workdir):
     step_dir(workdir, 6).mkdir()
     return 6, "has no meta, params, train"
@@ -588,6 +667,8 @@ def no_optimizer_state(workdir):
     [
         delete_a_data_file,
         truncate_a_data_file,
+        change_params_bytes,
+        change_train_bytes,
         empty_newer_step,
         partial_step,
         truncated_meta,
@@ -612,6 +693,33 @@ def test_a_damaged_latest_step_falls_back_to_the_newest_that_restores(tmp_path, 
     assert (workdir / checkpointing.DAMAGED_DIR / str(damaged)).is_dir()
     steps = [json.loads(line)["step"] for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_full_disk_stops_the_run_with_one_error_naming_the_file_and_keeps_the_last_step(
+    tmp_path, four_steps, monkeypatch
+):
+    """Writing step 6 finds no room (its checksums, the last file of the step): one NoSpaceError names the
+    file, the failed step is discarded, step 4 is intact, and a rerun with room resumes from it."""
+    from ufbert_jax import io
+
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(io.os, "fsync", no_space)
+    with pytest.raises(io.NoSpaceError) as raised:
+        run_train(tiny_config(steps=6), workdir)
+    monkeypatch.undo()
+    assert raised.value.errno == errno.ENOSPC
+    assert raised.value.filename == str(
+        step_dir(workdir, 6).with_name("6.orbax-checkpoint-tmp") / "checksums.json"
+    )
+    assert "while saving checkpoint step 6 (discarded); the last complete step, 4, is intact" in str(
+        raised.value
+    )
+    assert sorted(p.name for p in (workdir / workdir_lib.CHECKPOINT_DIR).iterdir()) == ["2", "4"]
+    assert run_train(tiny_config(steps=6), workdir)["step"] == 6
 
 
 def test_no_restorable_step_is_an_error_listing_each_step(tmp_path, four_steps):
@@ -691,6 +799,62 @@ def test_resume_refuses_another_run_and_writes_nothing(tmp_path, four_steps, cha
     assert {path: path.stat().st_mtime_ns for path in workdir.rglob("*")} == before
 
 
+SECOND_TRAINER = """
+import sys
+from tests.test_train import run_train, tiny_config
+run_train(tiny_config(), sys.argv[1])
+"""
+
+
+class SecondTrainerMidRun(RandomBatches):
+    """RandomBatches that, before its third batch, runs a second trainer on the same workdir to the end."""
+
+    def __init__(self, config, model_cfg, workdir):
+        super().__init__(config, model_cfg)
+        self.workdir, self.second = workdir, None
+
+    def __next__(self):
+        if self.index == 2 and self.second is None:
+            command = [sys.executable, "-c", SECOND_TRAINER, str(self.workdir)]
+            self.second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+        return super().__next__()
+
+
+def test_a_second_trainer_is_refused_at_once_naming_the_first(tmp_path):
+    config = tiny_config()
+    model_cfg = loop.model_config(config)
+    batches = SecondTrainerMidRun(config, model_cfg, tmp_path)
+    assert loop.train(config, tmp_path, model_cfg, batches)["step"] == 4
+    second = batches.second
+    holder = f"is in use by another trainer: pid {os.getpid()} on host {socket.gethostname()}, started "
+    assert second.returncode != 0 and holder in second.stderr, second.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+HOLDER = """
+import sys, time
+from ufbert_jax.train import lock
+with lock.hold(sys.argv[1]):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_lock_left_by_a_killed_trainer_never_blocks_the_resume(tmp_path, four_steps):
+    workdir = copy_workdir(four_steps, tmp_path / "work")
+    command = [sys.executable, "-c", HOLDER, str(workdir)]
+    holder = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "holding\n"
+        with pytest.raises(lock.WorkdirBusyError, match=rf"pid {holder.pid} on host .*train\.lock"):
+            run_train(tiny_config(steps=6), workdir)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    assert run_train(tiny_config(steps=6), workdir)["step"] == 6  # the kernel released the lock
+
+
 @pytest.fixture(scope="module")
 def small_corpus(tmp_path_factory) -> dict:
     """config.data for a 60 kB corpus (the start of one sample book), its shards prepared once."""
@@ -723,6 +887,48 @@ def test_resume_with_model_json_missing_refuses_another_model_and_writes_nothing
     assert not (tmp_path / workdir_lib.MODEL_CONFIG_FILE).exists()
     loop.train_and_evaluate(tiny_config(steps=4, data=small_corpus, model_overrides=model), tmp_path)
     assert workdir_lib.load_config(tmp_path).hidden == 64
+
+
+def limit_file_size(limit: int):
+    """preexec_fn: writes past `limit` bytes fail with EFBIG (the process is not signalled)."""
+
+    def limit_in_child():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return limit_in_child
+
+
+def test_a_checkpoint_that_finds_no_room_ends_train_py_with_one_line(tmp_path, small_corpus):
+    """Orbax's background writes fail for lack of room (here a file size limit: a full disk fails the same
+    way, with ENOSPC): one line names the file and the step, exit status 2, no traceback (it used to be
+    hundreds of lines from orbax's threads)."""
+    workdir = tmp_path / "work"
+    args = [
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        *(f"--config.data.{name}={value}" for name, value in small_corpus.items() if name != "sources"),
+        f"--config.data.sources={small_corpus['sources'][0]}",
+        "--config.model_overrides.vocab_size=1024",
+        *("--config.seq_len=16", "--config.microbatch=8", "--config.final_batch=16", "--config.steps=4"),
+        *("--config.checkpoint_every=2", "--config.eval_every=0", "--config.progress_bar=False"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "train.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_file_size(120_000),  # the 1024 x 64 float32 embedding alone is 262 kB
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("train.py: error: ")]
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert f"{workdir}/checkpoints/2.orbax-checkpoint-tmp/" in errors[0], errors[0]
+    assert "File too large while saving checkpoint step 2 (discarded)" in errors[0], errors[0]
+    assert len(done.stderr.splitlines()) < 20, done.stderr
+    assert not (workdir / "checkpoints" / "2.orbax-checkpoint-tmp").exists()
 
 
 def test_ctrl_c_saves_the_step_and_exits_130(tmp_path, small_corpus):

@@ -11,7 +11,8 @@ contributes, the left turns included. The routing decision gets no gradient.
 Three pure-JAX forms with identical semantics:
   * ``masked``: the original training form (Belcak & Wattenhofer's "masking implementation"): all K*N
     logits densely, a 0/1 map of the visited nodes without gradient, one dense output product. Same cost as a
-    dense FF of width K*N. The reference for gradients.
+    dense FF of width K*N. The reference for gradients. Off-path nodes are selected away, so a non-finite
+    weight reaches only the tokens whose path visits its node, as in the other forms.
   * ``conditional``: per token and level, gather the node's row, one dot product and one axpy: O(K*L*H).
     The reference that the inference kernels reproduce.
   * ``sparse``: ``conditional``'s forward with a hand-written VJP that touches only the L visited nodes per
@@ -128,9 +129,24 @@ def masked(x, w_in, b_in, w_out) -> jax.Array:
     """The original training form: dense logits, a path map without gradient, dense output product.
 
     x [T, H]; w_in, w_out [K, N, H]; b_in [K, N] -> [T, H].
+
+    Off-path nodes are selected away (jnp.where), not multiplied by zero, so that a node off a token's path
+    never changes that token's output, as in the gather forms: a NaN or infinite logit (from w_in or b_in)
+    of an off-path node would give 0 * NaN = NaN. A non-finite w_out row cannot be kept out of the dense
+    output product that way, so the product runs on w_out with its non-finite entries zeroed and a token
+    whose path visits a node with a non-finite w_out entry gets a NaN output row (the gather forms give a
+    non-finite value in that entry's column). For finite weights both selects pass everything through:
+    outputs and gradients are those of the multiply-by-the-map form.
     """
     logits = dense_logits(x, w_in, b_in)  # [T, K, N]
-    return weighted_output(logits, path_map(logits > 0), w_out, x.dtype)
+    visited = path_map(logits > 0) > 0  # [T, K, N] bool
+    activations = jnp.where(visited, gelu(logits), 0.0).astype(w_out.dtype)  # [T, K, N]
+    finite = jnp.isfinite(w_out)  # [K, N, H]
+    y = jnp.einsum(
+        "tkn,knh->th", activations, jnp.where(finite, w_out, 0), preferred_element_type=jnp.float32
+    )  # [T, H]
+    reaches_non_finite = jnp.any(visited & ~jnp.all(finite, axis=-1), axis=(1, 2))  # [T]
+    return jnp.where(reaches_non_finite[:, None], jnp.nan, y).astype(x.dtype)
 
 
 def walk(x, w_in, b_in):

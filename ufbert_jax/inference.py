@@ -8,10 +8,10 @@ Shape legend: B batch, S sequence, H hidden, V vocabulary, M masked positions.
   most one program per bucket (and per bucket of mask counts).
 - ``fill_mask(model, tokenizer, text)``: the same for one text.
 
-Token ids are checked on the host against the model's vocabulary before anything is compiled (an id out of
-range would otherwise read a clamped embedding row without any error). Both run the model with dropout off
-whatever mode it is in (a copy inside the compiled function is switched to eval mode; the model passed in is
-left as it is); `ufbert_jax.from_pretrained` returns models in eval mode already.
+Token ids are checked on the host against the model's vocabulary before anything is compiled (under jit an
+id out of range would give NaN outputs, ufbert_jax.lookup). Both run the model with dropout off whatever
+mode it is in (a copy inside the compiled function is switched to eval mode; the model passed in is left as
+it is); `ufbert_jax.from_pretrained` returns models in eval mode already.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer
 
+from ufbert_jax import lookup
 from ufbert_jax.data import bucketing
 from ufbert_jax.data.tokenizer import SpecialIds, encode_texts
 from ufbert_jax.model import Encoder, MaskedLM
@@ -41,13 +42,7 @@ def check_token_ids(token_ids: np.ndarray, vocab_size: int) -> np.ndarray:
         raise ValueError(f"token_ids must be [B, S]; got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"token_ids must be integers; got dtype {ids.dtype}")
-    bad = np.argwhere((ids < 0) | (ids >= vocab_size))
-    if bad.size:
-        row, col = (int(i) for i in bad[0])
-        raise ValueError(
-            f"token id {int(ids[row, col])} at [{row}, {col}] is outside the vocabulary [0, {vocab_size}) "
-            f"({len(bad)} such ids)"
-        )
+    lookup.check_ids(ids, vocab_size)
     return ids.astype(np.int32)
 
 
@@ -98,6 +93,22 @@ def _top_k_at(graphdef, state, token_ids, attention_mask, rows, cols, vocab: int
     return jax.lax.top_k(jax.nn.softmax(logits, axis=-1), top_k)
 
 
+def _check_no_mask_cut_off(
+    tokenizer: Tokenizer, texts: list[str], encoded: list[np.ndarray], mask_id: int, max_len: int
+) -> None:
+    """A ValueError naming the first text whose encoding, cut to max_len, lost one of its masks."""
+    full = [i for i, ids in enumerate(encoded) if len(ids) == max_len]  # only these may have been cut
+    encodings = tokenizer.encode_batch([texts[i] for i in full], add_special_tokens=False) if full else []
+    for i, encoding in zip(full, encodings, strict=True):
+        masks = encoding.ids.count(mask_id)
+        kept = int(np.sum(encoded[i] == mask_id))
+        if kept < masks:
+            raise ValueError(
+                f"text {i} ({texts[i][:40]!r}...): {masks - kept} of its {masks} mask tokens are cut off by "
+                f"truncation to the model's max_len={max_len} tokens; shorten the text before the mask"
+            )
+
+
 def fill_mask_batch(
     model: MaskedLM,
     tokenizer: Tokenizer,
@@ -113,8 +124,15 @@ def fill_mask_batch(
     `batch_size` (the last one padded with empty rows; ufbert_jax.data.bucketing), so at most one program
     per bucket is compiled for
     the sequences, times the few power-of-two numbers of masked positions. A text without a mask gets [].
-    Probabilities are a softmax over the tokenizer's vocabulary.
+    Probabilities are a softmax over the tokenizer's vocabulary. A TypeError when `texts` is one str (it
+    would be read as a list of characters); a ValueError naming the text when truncation to max_len cuts
+    off one of its masks (its predictions would no longer match its masks one to one).
     """
+    if isinstance(texts, str):
+        raise TypeError(
+            f"texts must be a sequence of str, not one str ({texts[:40]!r}); pass [text] or use fill_mask"
+        )
+    texts = list(texts)
     vocab = tokenizer.get_vocab_size()
     if not 1 <= top_k <= vocab:
         raise ValueError(f"top_k={top_k} must be in [1, {vocab}] (the tokenizer's vocabulary)")
@@ -122,7 +140,8 @@ def fill_mask_batch(
         raise ValueError(f"batch_size={batch_size} must be >= 1")
     lengths = bucketing.bucket_lengths(buckets, model.cfg.max_len)
     special = SpecialIds.of(tokenizer)
-    encoded = encode_texts(tokenizer, (list(texts),), model.cfg.max_len) if texts else []
+    encoded = encode_texts(tokenizer, (texts,), model.cfg.max_len) if texts else []
+    _check_no_mask_cut_off(tokenizer, texts, encoded, special.mask, model.cfg.max_len)
     graphdef, state = nnx.split(model)
     results: list[list[list[tuple[str, float]]]] = [[] for _ in texts]
     for batch in bucketing.batches(encoded, batch_size, lengths, special.pad):

@@ -8,22 +8,42 @@ are Zipfian), and a GPU scatter-add with repeated indices serialises on atomics 
 the ids first turns it into a segment sum over contiguous runs (`indices_are_sorted=True`), which has no
 contention, and accumulating in float32 keeps a row summed from thousands of tokens exact to float32
 rounding where a bfloat16 scatter would round at every add.
+
+Ids outside [0, V): concrete ids are refused before anything runs (`check_ids`, called by model.Embedding
+and ufbert_jax.inference). Traced ids (under jit) follow one rule on every backend: the row of an id
+outside [0, V), negative or not, is NaN (a negative id never wraps around to row V + id), so the outputs
+of its sequence are NaN, and its cotangent is dropped.
 """
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+
+def check_ids(ids: np.ndarray, vocab: int) -> None:
+    """A ValueError naming the first id of `ids` (concrete, any shape) outside [0, vocab) and its index."""
+    ids = np.asarray(ids)
+    bad = np.argwhere((ids < 0) | (ids >= vocab))
+    if bad.size:
+        index = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"token id {int(ids[index])} at [{', '.join(map(str, index))}] is outside the vocabulary "
+            f"[0, {vocab}) ({len(bad)} such ids)"
+        )
 
 
 @jax.custom_vjp
 def embed(table: jax.Array, ids: jax.Array) -> jax.Array:
     """table [V, H], ids [...] int -> table[ids] [..., H], in the table's dtype.
 
-    Ids outside [0, V) follow jnp.take's default rule (a NaN row for floating tables); callers check
-    concrete ids first (model.Embedding).
+    An id outside [0, V), negative included, reads a NaN row (see the module docstring); callers check
+    concrete ids first (`check_ids`).
     """
-    return jnp.take(table, ids, axis=0)
+    vocab = table.shape[0]
+    ids = jnp.where(ids < 0, vocab, ids)  # out of range like ids >= V: jnp.take would wrap a negative id
+    return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 
 def _embed_fwd(table, ids):

@@ -66,10 +66,16 @@ class Embedding(nnx.Module):
         self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
 
     def __call__(self, token_ids: jax.Array) -> jax.Array:
-        """token_ids [B, S] int -> [B, S, H]."""
+        """token_ids [B, S] int -> [B, S, H].
+
+        Concrete ids outside [0, V) are a ValueError naming the id and its position; traced ones (under
+        jit) give NaN rows (lookup.embed).
+        """
         seq_len = token_ids.shape[-1]
         if seq_len > self.cfg.max_len:
             raise ValueError(f"sequence length {seq_len} exceeds the model's max_len={self.cfg.max_len}")
+        if not isinstance(token_ids, jax.core.Tracer):
+            lookup.check_ids(np.asarray(token_ids), self.cfg.vocab_size)
         positions = jnp.asarray(sinusoidal_positions(seq_len, self.cfg.hidden))  # [S, H]
         # lookup.embed, not nnx.Embed's call: its gradient is a sorted segment sum, not a scatter-add
         words = lookup.embed(self.word.embedding[...], token_ids).astype(self.cfg.compute_dtype)  # [B,S,H]

@@ -20,8 +20,10 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import shutil
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import safetensors.numpy
 from flax import nnx
@@ -312,17 +314,28 @@ def _read_torch_pickle(path: Path) -> dict[str, np.ndarray]:
     return {key: value.detach().float().numpy() for key, value in objects.items()}
 
 
+def _widened(value: np.ndarray) -> np.ndarray:
+    """float16 and bfloat16 (an ml_dtypes type, not a numpy floating type) as float32, exactly."""
+    if jnp.issubdtype(value.dtype, jnp.floating) and value.dtype.itemsize < 4:
+        return value.astype(np.float32)
+    return value
+
+
 def read_state_dict(directory: str | Path) -> dict[str, np.ndarray]:
-    """The original state dict of `directory`: model.safetensors, else pytorch_model.bin (needs torch)."""
+    """The original state dict of `directory`: model.safetensors, else pytorch_model.bin (needs torch).
+
+    Half-precision tensors (float16, bfloat16) come back as float32, widened exactly.
+    """
     directory = Path(directory)
     if (directory / SAFETENSORS_FILE).is_file():
         try:
-            return safetensors.numpy.load_file(directory / SAFETENSORS_FILE)
-        # SafetensorError: a damaged header or payload; TypeError: a dtype numpy lacks (bfloat16).
+            tensors = safetensors.numpy.load_file(directory / SAFETENSORS_FILE)
+        # SafetensorError: a damaged header or payload; TypeError: a dtype numpy lacks.
         except (safetensors.SafetensorError, TypeError, ValueError, OSError) as err:
             raise ConversionError(
                 f"{directory / SAFETENSORS_FILE}: not a readable safetensors file ({err}); truncated?"
             ) from None
+        return {key: _widened(value) for key, value in tensors.items()}
     if (directory / TORCH_FILE).is_file():
         return _read_torch_pickle(directory / TORCH_FILE)
     raise FileNotFoundError(f"{directory} has neither {SAFETENSORS_FILE} nor {TORCH_FILE}")
@@ -422,23 +435,35 @@ def save_pretrained(model: MaskedLM, tokenizer: Tokenizer, out_dir: str | Path) 
     return out_dir
 
 
+def _clear_an_unfinished_save(steps: Path) -> None:
+    """Refuses a checkpoints/ folder that holds a step; removes one that holds only orbax's temporary
+    folders, the remains of a save that never finished (a convert killed mid-save), so it is redone."""
+    entries = sorted(steps.iterdir()) if steps.is_dir() else []
+    if any(workdir_lib.TMP_DIR_SUFFIX not in entry.name for entry in entries):
+        raise FileExistsError(f"{steps} already holds checkpoints; convert into an empty workdir")
+    for entry in entries:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
 def to_workdir(path_or_id: str | Path, workdir: str | Path) -> MaskedLM:
     """Converts an original checkpoint into a fresh ufbert-jax workdir (model.json, tokenizer.json, step 0).
 
-    train.py continues pretraining from it with a fresh optimizer; eval_glue.py fine-tunes from it.
+    train.py continues pretraining from it with a fresh optimizer; eval_glue.py fine-tunes from it. A
+    workdir left by a conversion killed before its step was complete (the step still in orbax's temporary
+    folder, which no reader takes for a step) is converted again; one with a complete step is refused.
     """
-    steps = Path(workdir) / workdir_lib.CHECKPOINT_DIR
-    if steps.exists() and any(steps.iterdir()):
-        raise FileExistsError(f"{steps} already holds checkpoints; convert into an empty workdir")
+    workdir_lib.check_not_a_file(workdir)
+    _clear_an_unfinished_save(Path(workdir) / workdir_lib.CHECKPOINT_DIR)
     model, tokenizer = from_pretrained(path_or_id)
-    workdir_lib.save_config(workdir, model.cfg)
     io.write_text(workdir_lib.tokenizer_path(workdir), tokenizer.to_str(pretty=True))
+    fingerprint = workdir_lib.tokenizer_fingerprint(workdir_lib.tokenizer_path(workdir))
+    workdir_lib.save_config(workdir, model.cfg, fingerprint)
     workdir_lib.save_params(workdir, 0, model)
     return model
 
 
 def from_workdir(workdir: str | Path, out_dir: str | Path, step: int | None = None) -> Path:
     """Exports a workdir's step (default: the latest) to the original format."""
+    tokenizer = workdir_lib.load_tokenizer(workdir)
     model = workdir_lib.load_pretrained(workdir, step)
-    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
     return save_pretrained(model, tokenizer, out_dir)

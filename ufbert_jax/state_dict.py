@@ -7,12 +7,14 @@ Layout differences, each handled by one transform:
   * the positional scale is [1] there, a scalar here;
   * the fused QKV needs no permutation: both sides read it as [heads, 3 * head_dim] per token;
   * the original stores a norm_factor buffer per layer (head_dim^-0.5) and the tied decoder as a second
-    copy of the word embedding ("decoder.weight", which wins when the copies differ: it loads last).
+    copy of the word embedding ("decoder.weight", which wins when the copies differ: it loads last; a
+    TiedCopiesWarning names the largest difference).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator
 
 import jax.numpy as jnp
@@ -117,6 +119,15 @@ class StateDictError(ValueError):
     """A state dict that does not fit the model; the message lists every problem at once."""
 
 
+class TiedCopiesWarning(UserWarning):
+    """The two copies of the tied word embedding in a state dict differ; decoder.weight is used."""
+
+
+# norm_factor is head_dim^-0.5 rounded to the file's dtype: bfloat16 keeps 8 significant bits, so a stored
+# value is within 2^-9 of the exact one. Any other head dim gives a value far outside this tolerance.
+NORM_FACTOR_RTOL = 2.0**-8
+
+
 def bad_values(state_dict: dict[str, np.ndarray]) -> list[str]:
     """One line per entry that is not a floating-point array or holds NaN or infinity (empty: all good).
 
@@ -126,7 +137,7 @@ def bad_values(state_dict: dict[str, np.ndarray]) -> list[str]:
     problems = []
     for key, value in state_dict.items():
         value = np.asarray(value)
-        if not np.issubdtype(value.dtype, np.floating):
+        if not jnp.issubdtype(value.dtype, jnp.floating):  # numpy's test misses ml_dtypes' bfloat16
             problems.append(f"{key}: dtype {value.dtype}, expected floating point")
         elif not np.isfinite(value).all():
             count = int(value.size - np.isfinite(value).sum())
@@ -158,10 +169,29 @@ def check_state_dict(module: nnx.Module, state_dict: dict[str, np.ndarray]) -> N
         key = _norm_factor_key(i)
         if key not in state_dict or np.size(state_dict[key]) != 1:  # absent or misshapen: listed above
             continue
-        if not np.isclose(float(np.reshape(state_dict[key], ())), cfg.head_dim**-0.5):
-            problems.append(f"{key}={float(np.reshape(state_dict[key], ()))} != head_dim^-0.5")
+        stored = float(np.reshape(state_dict[key], ()))
+        if not np.isclose(stored, cfg.head_dim**-0.5, rtol=NORM_FACTOR_RTOL, atol=0):
+            problems.append(f"{key}={stored} != head_dim^-0.5 = {cfg.head_dim**-0.5:.6g}")
     if problems:
         raise StateDictError("state dict does not fit the model:\n  " + "\n  ".join(problems))
+
+
+def _warn_if_tied_copies_differ(state_dict: dict[str, np.ndarray]) -> None:
+    """A TiedCopiesWarning with the largest difference where decoder.weight and the word embedding differ."""
+    word = np.asarray(state_dict["encoder.embedding.word_embedding.weight"], np.float64)
+    decoder = np.asarray(state_dict["decoder.weight"], np.float64)
+    difference = np.abs(word - decoder)  # [V, H]
+    if not difference.any():
+        return
+    where = np.unravel_index(int(np.argmax(difference)), difference.shape)
+    count = int(np.count_nonzero(difference))
+    warnings.warn(
+        "the tied copies encoder.embedding.word_embedding.weight and decoder.weight differ: largest "
+        f"difference {difference[where]:.3g} at [{where[0]}, {where[1]}] ({count} of {difference.size} "
+        "values differ); decoder.weight is used, as the original loads it last",
+        TiedCopiesWarning,
+        stacklevel=3,
+    )
 
 
 def load_state_dict(module: nnx.Module, state_dict: dict[str, np.ndarray]) -> None:
@@ -169,6 +199,7 @@ def load_state_dict(module: nnx.Module, state_dict: dict[str, np.ndarray]) -> No
     check_state_dict(module, state_dict)
     if "decoder.weight" in state_dict:
         # The original ties the decoder to the word embedding and loads decoder.weight last.
+        _warn_if_tied_copies_differ(state_dict)
         state_dict = {**state_dict, "encoder.embedding.word_embedding.weight": state_dict["decoder.weight"]}
     for key, var, transform in _pairs(module):
         value = transform.from_original(np.asarray(state_dict[key]), tuple(var.shape))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from absl import app, flags
 from ml_collections import config_flags
 
-from ufbert_jax import logs
+from ufbert_jax import cli, logs
 from ufbert_jax.analysis import routing_report
 
 flags.DEFINE_string("workdir", None, "Workdir (model.json, tokenizer.json, checkpoints/).")
@@ -38,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main, "python -m ufbert_jax.analysis")

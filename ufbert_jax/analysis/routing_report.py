@@ -21,10 +21,11 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
+from ufbert_jax import io
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.analysis import capture, plots, routing
 from ufbert_jax.analysis.text import token_rows
-from ufbert_jax.data.tokenizer import check_vocabulary, load_tokenizer
+from ufbert_jax.data.tokenizer import check_vocabulary
 from ufbert_jax.model import MaskedLM
 
 FORMAT = "ufbert-jax/routing/1"
@@ -123,7 +124,7 @@ def analyze_workdir(
         raise ValueError(f"{workdir} holds a {cfg.feedforward!r} feedforward model: nothing to route")
     model = MaskedLM(cfg, nnx.Rngs(0))
     step = workdir_lib.restore_params(workdir, model, None if config.step < 0 else config.step)
-    tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
+    tokenizer = workdir_lib.load_tokenizer(workdir)  # the one the model was trained with
     check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
     seq_len = config.seq_len or cfg.max_len
     ids, mask = token_rows(tokenizer, text, min(seq_len, cfg.max_len), max_tokens)
@@ -149,8 +150,7 @@ def analyze_workdir(
         },
     }
     result = routing_json(totals, meta)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ROUTING_FILE).write_text(json.dumps(result) + "\n")
+    io.write_text(out / ROUTING_FILE, json.dumps(result) + "\n")  # atomic; an error names the file
     result["figures"] = [str(path) for path in plots.write_all(result, out)]
     return result
 

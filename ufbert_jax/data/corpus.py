@@ -33,6 +33,12 @@ _BLANK_LINES = re.compile(r"\n\s*\n")
 # A file is text when it has no NUL byte and at most this fraction of bytes that are not UTF-8.
 MAX_UNDECODABLE_FRACTION = 0.001
 
+#: The longest text, in characters, that the tokenizer gets at once, to train on or to encode: a longer
+#: document goes in pieces (`pieces`). The tokenizer's memory grows with its input, ~160 bytes a character
+#: (a 30 MB line, tokenized whole, peaked at 5 GB).
+MAX_PIECE_CHARS = 1 << 16
+_ASCII_WHITESPACE = " \n\t\r\f\v"
+
 
 def _read_text(path: Path) -> str:
     """The file as text with LF line ends (PG books mix CRLF and lone CR).
@@ -58,6 +64,25 @@ def _paragraphs(text: str) -> list[str]:
     """Blank-line-separated blocks with their hard-wrapped lines joined by spaces."""
     blocks = (" ".join(line.strip() for line in block.splitlines()) for block in _BLANK_LINES.split(text))
     return [block.strip() for block in blocks if block.strip()]
+
+
+def pieces(text: str) -> Iterator[str]:
+    """`text` as consecutive pieces of at most MAX_PIECE_CHARS characters that concatenate to it, each cut
+    just before the last ASCII whitespace that keeps it within the limit.
+
+    The tokenizer's pre-tokenizer splits words at whitespace anyway, so training on or encoding the pieces
+    gives exactly the words and ids of the whole text. Only a stretch without whitespace longer than the
+    limit (not a word: WordPiece turns any word over 100 characters into <unk>) is cut where the limit falls.
+    """
+    limit = MAX_PIECE_CHARS  # read at call time (tests lower it)
+    start = 0
+    while len(text) - start > limit:
+        end = start + limit
+        cut = max(text.rfind(space, start + 1, end + 1) for space in _ASCII_WHITESPACE)
+        cut = end if cut <= start else cut  # the whitespace begins the next piece
+        yield text[start:cut]
+        start = cut
+    yield text[start:]
 
 
 def wikiextractor_documents(text: str) -> Iterator[str]:

@@ -39,7 +39,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 
 from ufbert_jax import io
-from ufbert_jax.data.corpus import documents_from_spec
+from ufbert_jax.data.corpus import documents_from_spec, pieces
 from ufbert_jax.data.tokenizer import TOKENIZER_FILE, SpecialIds, id_bound, load_tokenizer, train_wordpiece
 
 log = logging.getLogger("ufbert_jax.data")
@@ -51,6 +51,9 @@ SOURCES_SUFFIX = (
 )
 DEFAULT_SHARD_ROWS = 262_144  # 64 MiB of uint16 rows at S=128: few files, each cheap to copy or mmap
 CHUNK_DOCUMENTS = 64  # documents per worker task: large enough to amortise pickling, small for a smooth bar
+MAX_BATCH_CHARS = (
+    1 << 20
+)  # characters per call of the tokenizer (~160 MB of its memory), see encode_documents
 # Keys that must agree for existing shards to be reused.
 IDENTITY_KEYS = ("format", "seq_len", "tokenizer_sha256", "sources")
 MANIFEST_KEYS = (*IDENTITY_KEYS, "vocab_size", "dtype", "rows", "shards")
@@ -111,9 +114,45 @@ def documents(sources: Iterable[str]) -> Iterator[str]:
 
 
 def encode_documents(tokenizer: Tokenizer, docs: list[str], sep: int) -> np.ndarray:
-    """The token ids of `docs`, each followed by `sep`, concatenated: [sum(len(doc) + 1)] int32."""
-    encodings = tokenizer.encode_batch(docs, add_special_tokens=False)
-    return np.fromiter(itertools.chain.from_iterable((*e.ids, sep) for e in encodings), dtype=np.int32)
+    """The token ids of `docs`, each followed by `sep`, concatenated: [sum(len(doc) + 1)] int32.
+
+    The tokenizer gets the documents in their pieces (corpus.pieces: the same ids as each one whole), at
+    most MAX_BATCH_CHARS characters per call, so its memory stays bounded whatever a document's length.
+    """
+    parts: list[np.ndarray] = []
+    batch: list[str] = []
+    ends: list[bool] = []  # whether each piece of the batch ends its document
+
+    def encode() -> None:
+        for encoding, end in zip(tokenizer.encode_batch(batch, add_special_tokens=False), ends, strict=True):
+            parts.append(np.asarray(encoding.ids, np.int32))
+            if end:
+                parts.append(np.asarray([sep], np.int32))
+        batch.clear()
+        ends.clear()
+
+    characters = 0
+    for doc in docs:
+        for piece, is_last in _with_last(pieces(doc)):
+            batch.append(piece)
+            ends.append(is_last)
+            characters += len(piece)
+            if characters >= MAX_BATCH_CHARS:
+                encode()
+                characters = 0
+    if batch:
+        encode()
+    return np.concatenate(parts) if parts else np.zeros(0, np.int32)
+
+
+def _with_last(items: Iterable[str]) -> Iterator[tuple[str, bool]]:
+    """(item, whether it is the last one) for each item."""
+    items = iter(items)
+    previous = next(items)
+    for item in items:
+        yield previous, False
+        previous = item
+    yield previous, True
 
 
 def pack_rows(token_chunks: Iterable[np.ndarray], seq_len: int) -> Iterator[np.ndarray]:
@@ -274,7 +313,10 @@ def prepare_shards(
             )
     else:
         docs = tqdm(documents(sources), desc="training tokenizer", unit="doc")
-        tokenizer = train_wordpiece(docs, vocab_size, tokenizer_path)
+        # In pieces (corpus.pieces): the same words, in bounded memory.
+        tokenizer = train_wordpiece(
+            (piece for doc in docs for piece in pieces(doc)), vocab_size, tokenizer_path
+        )
         record_tokenizer_sources(tokenizer_path, sources)
         trained_on = sources
     actual_vocab = id_bound(tokenizer)  # every id is below it (the dtype must hold them all)

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.data import bucketing
-from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts, load_tokenizer
+from ufbert_jax.data.tokenizer import SpecialIds, check_vocabulary, encode_texts
 from ufbert_jax.glue import report, scoring
 from ufbert_jax.glue.tasks import Skipped, TaskData, TaskSpec, get_task, load_hub, load_local
 from ufbert_jax.model import SequenceClassifier
@@ -166,15 +166,17 @@ class Pretrained:
 
     @classmethod
     def load(cls, workdir: str | Path, step: int | None = None) -> Pretrained:
-        """Reads model.json and tokenizer.json; a tokenizer without the special tokens or with ids beyond
-        the model's vocabulary is a ValueError."""
+        """Reads model.json and tokenizer.json; a tokenizer other than the model's (workdir.check_tokenizer),
+        without the special tokens or with ids beyond the model's vocabulary is a ValueError, a missing
+        checkpoint step a FileNotFoundError and one whose params changed since the save a ChecksumError."""
         workdir = Path(workdir)
         cfg = workdir_lib.load_config(workdir)
-        tokenizer = load_tokenizer(workdir_lib.tokenizer_path(workdir))
+        tokenizer = workdir_lib.load_tokenizer(workdir)  # the one the model was trained with
         tokenizer.no_truncation()  # truncation and padding are ours (encode_texts, ufbert_jax.data.bucketing)
         tokenizer.no_padding()
         SpecialIds.of(tokenizer, workdir_lib.tokenizer_path(workdir))  # before any task, naming the file
         check_vocabulary(tokenizer, cfg.vocab_size, str(workdir))
+        workdir_lib.check_step(workdir, step)  # a missing or changed checkpoint is refused before any task
         return cls(workdir, cfg, tokenizer, step)
 
     def classifier(self, num_labels: int, recipe: Recipe) -> tuple[SequenceClassifier, int]:
@@ -322,14 +324,22 @@ def evaluate_workdir(
 ) -> dict:
     """`run_glue` of `workdir` (its latest step, or config["step"] when >= 0) on config["tasks"] from
     `glue_dir` in the original TSV layout (None: the Hub); results.json and results.md in `out` are
-    rewritten after every task (and at the end, also when no task ran). Returns the results record."""
+    rewritten after every task (and at the end, also when no task ran). The results of other tasks that
+    `out` already holds for the same checkpoint are kept and averaged with the new ones
+    (report.earlier_tasks; one of another workdir, model or step is refused before any task runs).
+    Returns the results record, the kept tasks included."""
     source = load_hub if glue_dir is None else functools.partial(load_local, root=glue_dir)
     header = {"source": "hub" if glue_dir is None else str(glue_dir)}
     pretrained = Pretrained.load(workdir, step=None if config["step"] < 0 else config["step"])
+    step = workdir_lib.latest_step(workdir) if pretrained.step is None else pretrained.step
+    earlier = report.earlier_tasks(out, pretrained.workdir, dataclasses.asdict(pretrained.config), step)
+
+    def merged(record: dict) -> dict:
+        return header | _record({**earlier, **record["tasks"]}, pretrained)
 
     def save(record: dict) -> None:
-        report.write(header | record, out)
+        report.write(merged(record), out)
 
-    results = header | run_glue(config, pretrained, source, on_update=save)
-    save(results)
+    results = merged(run_glue(config, pretrained, source, on_update=save))
+    report.write(results, out)
     return results

@@ -4,11 +4,12 @@ A trainer step holds "params", "train" (the optimizer state) and "meta": where t
 step, elapsed seconds, every process's data-iterator state) and what it is (`run_identity`: seed,
 microbatch, sequence length, corpus, process count, model).
 
-Resume (`restore`) takes the newest step that restores. A damaged step (a missing or truncated file, an
-empty or partial step folder, unreadable meta) is skipped with a warning naming it and the reason, and moved
-to workdir/damaged_checkpoints/ so that the run saves its step number again; the run fails only when no
-step restores. A step with only "params" (a converted checkpoint) starts a fresh optimizer and budget from
-those weights, but only in a workdir that never had training state; elsewhere it is a damaged step.
+Resume (`restore`) takes the newest step that restores. A damaged step (a missing or truncated file, a
+file whose content differs from the step's checksums, an empty or partial step folder, unreadable meta) is
+skipped with a warning naming it and the reason, and moved to workdir/damaged_checkpoints/ so that the run
+saves its step number again; the run fails only when no step restores. A step with only "params" (a
+converted checkpoint) starts a fresh optimizer and budget from those weights, but only in a workdir that
+never had training state; elsewhere it is a damaged step.
 
 Before anything is written (`check_resume`), a resumed workdir must hold the same model and the same run.
 """
@@ -26,7 +27,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from ufbert_jax import io
+from ufbert_jax import checksums, io
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig
 from ufbert_jax.model import MaskedLM
@@ -103,7 +104,8 @@ def _restore_trainer_step(
 ) -> dict:
     """Restores a trainer step (params, optimizer state, meta) into model and optimizer; returns its meta.
 
-    Raises, naming the item, where the step is incomplete or an item does not read; nothing is changed then.
+    Raises, naming the item, where the step is incomplete or an item does not read, and naming the file
+    where a file's content is not what was saved (ufbert_jax.checksums); nothing is changed then.
     """
     step_dir = Path(mngr.directory) / str(step)
     if missing := sorted(TRAINER_ITEMS - items):
@@ -112,6 +114,7 @@ def _restore_trainer_step(
         saved = _restore_meta(mngr, step)
     except Exception as error:
         raise ValueError(f"{step_dir / 'meta'} does not read: {workdir_lib.error_reason(error)}") from error
+    checksums.verify(step_dir, sorted(TRAINER_ITEMS))  # a ChecksumError names a file changed since the save
     abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
     optimizer_state = nnx.state(optimizer)
     try:
@@ -207,6 +210,7 @@ def _newest_meta(workdir: Path) -> dict | None:
         for step in sorted(mngr.all_steps(), reverse=True):
             if "meta" in workdir_lib.checkpoint_items(workdir, step):
                 try:
+                    checksums.verify(workdir_lib.step_dir(workdir, step), ["meta"])
                     return _restore_meta(mngr, step)
                 except Exception:  # a damaged step: restore() reports it and falls back
                     continue
@@ -225,9 +229,11 @@ def _model_differences(saved: dict, model_cfg: ModelConfig) -> dict:
 def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: ModelConfig) -> None:
     """A ValueError listing every (workdir, config) difference where `workdir` holds another model or run.
 
-    Compares model.json (when present) and the run identity saved in the newest readable meta: the seed and,
-    for steps saved with one, `run_identity`. Reads only, so a refused start leaves the workdir as it was.
+    Compares model.json (when present; with the fingerprint of the tokenizer the run would train with) and
+    the run identity saved in the newest readable meta: the seed and, for steps saved with one,
+    `run_identity`. Reads only, so a refused start leaves the workdir as it was.
     """
+    workdir_lib.check_not_a_file(workdir)
     problems = []
     saved = _newest_meta(workdir)
     if (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
@@ -236,6 +242,13 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: Mo
         saved_model = ((saved or {}).get("run") or {}).get("model", {})
     if differ := _model_differences(saved_model, model_cfg):
         problems.append(f"a different model; (workdir, config) values: {differ}")
+    if (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
+        tokenizer = workdir_lib.tokenizer_path(workdir)  # what inputs.make_batches will train with
+        tokenizer = tokenizer if tokenizer.is_file() else Path(config.data.tokenizer)
+        try:
+            workdir_lib.check_tokenizer(workdir, tokenizer)
+        except (ValueError, FileNotFoundError) as error:
+            problems.append(f"a model trained with another tokenizer ({error})")
     if saved is not None:
         wanted = run_identity(config, model_cfg)
         recorded = saved.get("run") or {"seed": saved.get("seed")}
@@ -256,12 +269,17 @@ def check_resume(workdir: Path, config: ml_collections.ConfigDict, model_cfg: Mo
 
 
 def prepare_workdir(workdir: Path, model_cfg: ModelConfig, tokenizer: Path) -> None:
-    """Writes model.json (when absent) and tokenizer.json (when it is another file), atomically; call it
-    after `check_resume` has accepted the workdir.
+    """Writes tokenizer.json (when it is another file) and model.json (when absent, or without the
+    tokenizer's fingerprint), each atomically; call it after `check_resume` has accepted the workdir.
 
     The FFF implementation is saved as "auto": it is chosen where the model runs, not part of the model.
+    model.json records the fingerprint of the tokenizer the run trains with (workdir.check_tokenizer).
     """
-    if not (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
-        workdir_lib.save_config(workdir, model_cfg.replace(fff_impl="auto"))
-    if workdir_lib.tokenizer_path(workdir).resolve() != tokenizer.resolve():
+    workdir = Path(workdir)
+    if workdir_lib.tokenizer_path(workdir).resolve() != Path(tokenizer).resolve():
         io.write_bytes(workdir_lib.tokenizer_path(workdir), Path(tokenizer).read_bytes())
+    if not (workdir / workdir_lib.MODEL_CONFIG_FILE).is_file():
+        fingerprint = workdir_lib.tokenizer_fingerprint(workdir_lib.tokenizer_path(workdir))
+        workdir_lib.save_config(workdir, model_cfg.replace(fff_impl="auto"), fingerprint)
+    elif workdir_lib.recorded_tokenizer(workdir) is None:
+        workdir_lib.record_tokenizer(workdir)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from ufbert_jax import workdir as workdir_lib
 from ufbert_jax.config import ModelConfig, preset
 from ufbert_jax.model import MaskedLM
-from ufbert_jax.train import checkpointing, console, inputs, interrupt, metrics
+from ufbert_jax.train import checkpointing, console, inputs, interrupt, lock, metrics, settings
 from ufbert_jax.train import mesh as mesh_lib
 from ufbert_jax.train.optim import (
     Accumulation,
@@ -130,13 +130,16 @@ def train(
 
     `batches` yields this process's rows of each microbatch as numpy arrays (see steps.py) and has
     JSON-serialisable get_state()/set_state(); `eval_batches()` returns a fresh iterable of such batches.
-    Returns the last train log record, with "eval/..." entries when evaluated. A workdir of another run is
-    refused before anything is written (checkpointing.check_resume); SIGINT or SIGTERM saves the current
+    Returns the last train log record, with "eval/..." entries when evaluated. Invalid settings
+    (settings.py), a workdir of another run (checkpointing.check_resume) and a workdir that another trainer
+    holds (lock.py) are refused at the start, writing nothing; SIGINT or SIGTERM saves the current
     step and raises interrupt.TrainingInterrupted. `phases` (optional) collects where the host's time went.
     """
+    settings.check(config)
     workdir = Path(workdir)
     checkpointing.check_resume(workdir, config, model_cfg)
-    return _train(config, workdir, model_cfg, Budget.of(config), batches, eval_batches, phases)
+    with lock.hold(workdir, jax.process_index() == 0):  # one trainer per workdir
+        return _train(config, workdir, model_cfg, Budget.of(config), batches, eval_batches, phases)
 
 
 def _train(
@@ -249,17 +252,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """Prepares the token shards (and tokenizer) of config.data, then pretrains in `workdir` (see `train`).
 
     A workdir that already has a tokenizer.json (a converted checkpoint, or an earlier run) keeps it. Every
-    check that can fail on the inputs (model preset, sequence length, budget, corpus, a workdir of another
-    run) runs before the workdir is written, so a failed start leaves nothing that would confuse a later run.
+    check that can fail on the inputs (settings, model preset, sequence length, budget, corpus, a workdir of
+    another run or held by another trainer) runs before the workdir is written (but for its lock file,
+    lock.py, held from before the data are prepared to the end of the run), so a failed start leaves nothing
+    that would confuse a later run.
     """
+    settings.check(config)
     model_cfg, budget, workdir = model_config(config), Budget.of(config), Path(workdir)
     mesh_lib.initialize_distributed(config)
     checkpointing.check_resume(workdir, config, model_cfg)
-    batches = inputs.make_batches(config, workdir, model_cfg)
-    if jax.process_index() == 0:
-        checkpointing.prepare_workdir(workdir, model_cfg, batches.tokenizer)
-    before = console.latest_step(workdir)
-    record = _train(config, workdir, model_cfg, budget, batches.train, batches.eval, None)
+    with lock.hold(workdir, jax.process_index() == 0):  # one trainer per workdir
+        batches = inputs.make_batches(config, workdir, model_cfg)
+        if jax.process_index() == 0:
+            checkpointing.prepare_workdir(workdir, model_cfg, batches.tokenizer)
+        before = console.latest_step(workdir)
+        record = _train(config, workdir, model_cfg, budget, batches.train, batches.eval, None)
     if jax.process_index() == 0:  # the closing summary (or: it had finished before), on stdout
         print(console.summary(config, workdir, already_finished=before == console.latest_step(workdir)))
     return record

@@ -188,5 +188,4 @@ class MetricsLog:
         if not self.enabled:
             return
         log.info(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        io.append_text(self.path, json.dumps(record) + "\n")  # an error names the file (a full disk)
