@@ -18,6 +18,7 @@ import statistics
 
 import torch
 import transformers
+from hf_shape import BERT_SHAPE
 
 
 def step_ms(model, optimizer, batch: dict, steps: int, repeats: int = 3) -> float:
@@ -53,15 +54,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
     cfg = transformers.BertConfig(
-        vocab_size=32768,
-        hidden_size=768,
-        num_hidden_layers=16,
-        num_attention_heads=12,
-        intermediate_size=3072,
+        **BERT_SHAPE,
         max_position_embeddings=args.seq_len,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
-        attn_implementation="sdpa",
     )
     generator = torch.Generator("cuda").manual_seed(0)
     ids = torch.randint(8, cfg.vocab_size, (args.batch, args.seq_len), device="cuda", generator=generator)

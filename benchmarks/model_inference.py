@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import timing
 from flax import nnx
+from hf_shape import BERT_SHAPE
 from ufbert_jax.kernels import fff_cpu
 
 from ufbert_jax import config, model
@@ -185,15 +186,7 @@ class TorchBert:
         import transformers
 
         self.torch = torch
-        cfg = transformers.BertConfig(
-            vocab_size=32768,
-            hidden_size=768,
-            num_hidden_layers=16,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=512,
-            attn_implementation="sdpa",
-        )
+        cfg = transformers.BertConfig(**BERT_SHAPE, max_position_embeddings=512)
         self.model = transformers.BertModel(cfg, add_pooling_layer=False).to("cuda", torch.bfloat16).eval()
         self.compiled = torch.compile(self.model)
 

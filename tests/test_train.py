@@ -901,20 +901,26 @@ def limit_file_size(limit: int):
     return limit_in_child
 
 
-def test_a_checkpoint_that_finds_no_room_ends_train_py_with_one_line(tmp_path, small_corpus):
-    """Orbax's background writes fail for lack of room (here a file size limit: a full disk fails the same
-    way, with ENOSPC): one line names the file and the step, exit status 2, no traceback (it used to be
-    hundreds of lines from orbax's threads)."""
-    workdir = tmp_path / "work"
-    args = [
+def tiny_train_args(workdir: Path, small_corpus: dict, **fields) -> list[str]:
+    """train.py's flags for a tiny run on `small_corpus` (16-token rows, microbatch 8, no evaluation, no
+    bar), with config `fields` set on top."""
+    fields = dict(seq_len=16, microbatch=8, final_batch=16, eval_every=0, progress_bar=False) | fields
+    return [
         "--config=configs/tiny.py",
         f"--workdir={workdir}",
         *(f"--config.data.{name}={value}" for name, value in small_corpus.items() if name != "sources"),
         f"--config.data.sources={small_corpus['sources'][0]}",
         "--config.model_overrides.vocab_size=1024",
-        *("--config.seq_len=16", "--config.microbatch=8", "--config.final_batch=16", "--config.steps=4"),
-        *("--config.checkpoint_every=2", "--config.eval_every=0", "--config.progress_bar=False"),
+        *(f"--config.{name}={value}" for name, value in fields.items()),
     ]
+
+
+def test_a_checkpoint_that_finds_no_room_ends_train_py_with_one_line(tmp_path, small_corpus):
+    """Orbax's background writes fail for lack of room (here a file size limit: a full disk fails the same
+    way, with ENOSPC): one line names the file and the step, exit status 2, no traceback (it used to be
+    hundreds of lines from orbax's threads)."""
+    workdir = tmp_path / "work"
+    args = tiny_train_args(workdir, small_corpus, steps=4, checkpoint_every=2)
     done = subprocess.run(
         [sys.executable, "train.py", *args],
         cwd=REPO,
@@ -933,21 +939,7 @@ def test_a_checkpoint_that_finds_no_room_ends_train_py_with_one_line(tmp_path, s
 
 def test_ctrl_c_saves_the_step_and_exits_130(tmp_path, small_corpus):
     workdir = tmp_path / "work"
-    args = [
-        "--config=configs/tiny.py",
-        f"--workdir={workdir}",
-        *(f"--config.data.{name}={value}" for name, value in small_corpus.items() if name != "sources"),
-        f"--config.data.sources={small_corpus['sources'][0]}",
-        "--config.model_overrides.vocab_size=1024",
-        "--config.seq_len=16",
-        "--config.microbatch=8",
-        "--config.final_batch=16",
-        "--config.steps=1000000",
-        "--config.checkpoint_every=1000000",
-        "--config.log_every=1",
-        "--config.eval_every=0",
-        "--config.progress_bar=False",
-    ]
+    args = tiny_train_args(workdir, small_corpus, steps=1000000, checkpoint_every=1000000, log_every=1)
     process = subprocess.Popen(
         [sys.executable, "train.py", *args],
         cwd=REPO,
