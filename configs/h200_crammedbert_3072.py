@@ -13,9 +13,9 @@ which runs, in the background,
     python3 train.py --config=configs/h200_crammedbert_3072.py \
         --workdir=runs/session-crammedbert-3072/workdir
 
-Expected on one H100: 13 minutes of training at ~189k tokens/s (the real loop, docs/RESULTS.md), ~20-40 s
-of it compiling: ~9,000 microbatch steps = ~145M tokens = ~4.3 epochs of the corpus, the held-out MLM
-loss every 500 steps (~18 points); about 20 minutes for the whole session with GLUE.
+Expected on one H100: 13 minutes of training at ~463k tokens/s (the real loop, docs/pretraining.md),
+~20-40 s of it compiling: ~22,000 microbatch steps = ~360M tokens = ~11 epochs of the corpus, the held-out
+MLM loss every 1500 steps (~15 points); about 20 minutes for the whole session with GLUE.
 """
 
 import ml_collections

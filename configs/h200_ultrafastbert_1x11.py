@@ -15,9 +15,9 @@ which runs, in the background,
     python3 train.py --config=configs/h200_ultrafastbert_1x11.py \
         --workdir=runs/session-ultrafastbert-1x11/workdir
 
-Expected on one H100: 13 minutes of training at ~213k tokens/s (the real loop, docs/RESULTS.md), ~20-40 s
-of it compiling: ~10,000 microbatch steps = ~160M tokens = ~4.8 epochs of the corpus, the held-out MLM
-loss every 500 steps (~20 points); about 20 minutes for the whole session with GLUE.
+Expected on one H100: 13 minutes of training at ~687k tokens/s (the real loop, docs/pretraining.md),
+~20-40 s of it compiling: ~32,000 microbatch steps = ~530M tokens = ~16 epochs of the corpus, the held-out
+MLM loss every 1500 steps (~21 points); about 20 minutes for the whole session with GLUE.
 """
 
 import ml_collections

@@ -9,7 +9,7 @@ committed as docs/results/repro_NAME.json). Run from the repository root:
         docs/results/repro_ultrafastbert-1x11.json [docs/results/repro_ultrafastbert-1x11-steps.json]
 
 Readings, each from the held-out MLM loss (the 3,200 rows no run trains on) interpolated linearly between
-the evaluations of each run (every 500 steps and at the end):
+the evaluations of each run (every eval_every steps and at the end):
 - equal wall clock: at 1/4, 1/2, 3/4 of the time budget both runs share, and at its end. The schedule is a
   function of the budget fraction, so these are also equal points of both schedules;
 - equal tokens: at 1/4 ... 4/4 of the tokens the slower run saw. The faster run is read mid-schedule there
