@@ -15,7 +15,7 @@ which runs, in the background,
 
 Expected on one H100: 13 minutes of training at ~463k tokens/s (the real loop, docs/pretraining.md),
 ~20-40 s of it compiling: ~22,000 microbatch steps = ~360M tokens = ~11 epochs of the corpus, the held-out
-MLM loss every 1500 steps (~15 points); about 20 minutes for the whole session with GLUE.
+MLM loss every 1400 steps (~16 points); about 20 minutes for the whole session with GLUE.
 """
 
 import ml_collections

@@ -23,8 +23,8 @@ kind `nvidia-h100-x1`, for both models.) What differs from configs/recipe.py, an
                 corpus with --config.data.sources) and must stay the strings the shards were packed from:
                 train.py checks them against the manifest.
   worker_count  4 grain processes assemble the masked batches (one process makes ~3k rows/s).
-  eval_every    1500 steps on 25 held-out microbatches (3,200 rows never trained on), logged every 50:
-                ~15 (dense) and ~21 (1x11) points of the held-out loss curve at the measured speeds; each
+  eval_every    1400 steps on 25 held-out microbatches (3,200 rows never trained on), logged every 50:
+                ~16 (dense) and ~23 (1x11) points of the held-out loss curve at the measured speeds; each
                 evaluation (~1 s) counts against the budget.
   checkpoint    one, at the end (GLUE, in the same session, reads it).
 Kept: microbatch 128 (the paper's starting batch; the throughput measured in docs/pretraining.md),
@@ -54,7 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.checkpoint_every = 10**9
     config.keep_checkpoints = 1
     config.log_every = 50
-    config.eval_every = 1500
+    config.eval_every = 1400
     config.eval_batches = 25
     config.progress_bar = False  # the log is a file: one line per log_every steps instead of a bar
     return config

@@ -17,7 +17,7 @@ which runs, in the background,
 
 Expected on one H100: 13 minutes of training at ~687k tokens/s (the real loop, docs/pretraining.md),
 ~20-40 s of it compiling: ~32,000 microbatch steps = ~530M tokens = ~16 epochs of the corpus, the held-out
-MLM loss every 1500 steps (~21 points); about 20 minutes for the whole session with GLUE.
+MLM loss every 1400 steps (~23 points); about 20 minutes for the whole session with GLUE.
 """
 
 import ml_collections
