@@ -16,7 +16,7 @@ GLUE_SOURCE = $(if $(wildcard $(GLUE_DIR)),--glue_dir $(GLUE_DIR),--hub)
 # programs are cached between the seeds (the shapes repeat, only the values change): about 2 minutes of CPU
 # time a seed once compiled, so SEEDS=5 for a quick look.
 SEEDS ?= 20
-SEED_TESTS ?= tests/test_fff.py tests/test_fff_cpu.py tests/test_model.py tests/test_workdir.py \
+SEED_TESTS ?= tests/test_fff.py tests/test_fff_cpu.py tests/test_model.py tests/test_workdir.py tests/test_lookup.py \
 	tests/test_original_format.py tests/test_masking.py tests/test_loader.py tests/test_shards.py
 
 .PHONY: test test-slow test-seeds lint demo clean
