@@ -268,6 +268,9 @@ def _tiny_glue(folder: Path) -> None:
         (folder / "RTE" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
 
 
+# ~50 s on 2 cores, the largest single share of `make test` (which must stay under 10 minutes): run by
+# `make test-slow`; the other tests of this file check each stage's pieces in the default run.
+@pytest.mark.slow
 def test_the_pipeline_at_a_tiny_scale(tmp_path):
     """prepare_h200_data (tiny corpus, compressed), session start (unpack, a 15-second tiny-dense run in
     the background, two GLUE seeds side by side), wait, and the report: the GPU sessions' commands, tiny."""
