@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
@@ -63,10 +64,10 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def real_loop(config: ml_collections.ConfigDict, workdir: Path) -> dict:
-    """Runs train.py's loop in `workdir`; its median and whole-run tokens/s and the host time by phase."""
+def real_loop(config: ml_collections.ConfigDict, workdir: Path, batches: inputs.Batches) -> dict:
+    """Runs train.py's loop in `workdir` on `batches`; its median and whole-run tokens/s and the host time by
+    phase."""
     model_cfg = loop.model_config(config)
-    batches = inputs.make_batches(config, workdir, model_cfg)
     checkpointing.prepare_workdir(workdir, model_cfg, batches.tokenizer)
     phases = metrics.Phases()
     start = time.perf_counter()
@@ -83,14 +84,14 @@ def real_loop(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     }
 
 
-def bare_step(config: ml_collections.ConfigDict, workdir: Path, steps: int) -> dict:
-    """tokens/s of back-to-back train steps on the trainer's state, on batches already on the devices."""
+def bare_step(config: ml_collections.ConfigDict, loader: Iterator[dict], steps: int) -> dict:
+    """tokens/s of back-to-back train steps on the trainer's state, on 4 batches of `loader` already on the
+    devices."""
     model_cfg = loop.model_config(config)
     mesh = mesh_lib.make_mesh(config.num_devices)
     model, optimizer = loop.init_state(
         model_cfg, OptimizerConfig(**dict(config.optimizer)), config.seed, mesh
     )
-    loader = inputs.make_batches(config, workdir, model_cfg).train
     device_batches = [mesh_lib.global_batch(mesh, next(loader)) for _ in range(4)]
     step = nnx.cached_partial(train_step, model, optimizer)  # called as the trainer calls it
     run = lambda i: step(device_batches[i % 4], jnp.float32(1.0), apply_update=True)  # noqa: E731
@@ -148,8 +149,9 @@ def main() -> None:
                 config.data.shard_dir = str(Path(args.data_dir) / Path(config.data.shard_dir).name)
                 config.data.tokenizer = str(Path(config.data.shard_dir) / "tokenizer.json")
             workdir = Path(tmp) / Path(path).stem
-            real = real_loop(config, workdir)
-            bare = bare_step(config, workdir, bare_steps)
+            batches = inputs.make_batches(config, workdir, loop.model_config(config))
+            real = real_loop(config, workdir, batches)
+            bare = bare_step(config, batches.train, bare_steps)  # the loader the real loop read
             rows.append({"config": path, "model": config.model, "real": real, "bare": bare})
 
     print(

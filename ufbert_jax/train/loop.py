@@ -10,6 +10,7 @@ log (metrics.py), the optimizer and schedule (optim.py), the jitted steps (steps
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import math
 import time
@@ -137,9 +138,17 @@ def train(
     """
     settings.check(config)
     workdir = Path(workdir)
-    checkpointing.check_resume(workdir, config, model_cfg)
-    with lock.hold(workdir, jax.process_index() == 0):  # one trainer per workdir
+    with _claim(workdir, config, model_cfg):
         return _train(config, workdir, model_cfg, Budget.of(config), batches, eval_batches, phases)
+
+
+@contextlib.contextmanager
+def _claim(workdir: Path, config: ml_collections.ConfigDict, model_cfg: ModelConfig):
+    """Refuses a workdir of another run before anything is written (checkpointing.check_resume), then holds
+    the workdir for this trainer (lock.py: a second trainer is refused) until the run ends."""
+    checkpointing.check_resume(workdir, config, model_cfg)
+    with lock.hold(workdir, jax.process_index() == 0):
+        yield
 
 
 def _train(
@@ -260,8 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     settings.check(config)
     model_cfg, budget, workdir = model_config(config), Budget.of(config), Path(workdir)
     mesh_lib.initialize_distributed(config)
-    checkpointing.check_resume(workdir, config, model_cfg)
-    with lock.hold(workdir, jax.process_index() == 0):  # one trainer per workdir
+    with _claim(workdir, config, model_cfg):
         batches = inputs.make_batches(config, workdir, model_cfg)
         if jax.process_index() == 0:
             checkpointing.prepare_workdir(workdir, model_cfg, batches.tokenizer)
