@@ -8,13 +8,15 @@ gradients in float32 as the model's float32 parameters receive them), all kept w
 barrier. Timed as chained calls inside one jitted loop (benchmarks/timing.py), medians of repeated loops.
 Rows: XLA's dense 768-3072-768 FF (crammedBERT-3072's feedforward: Linear, exact GELU, Linear, no biases),
 the masked form (the original training form), and every training form of ``ufbert_jax.fff`` that exists
-on this backend ("sparse": the XLA path-only VJP; "pallas": the Pallas training kernels on a GPU).
+on this backend ("sparse": the XLA path-only VJP; "pallas": the Pallas training kernels on a GPU, from
+BlockSizes.routed_min_tokens on; "pallas-routed": the same kernels at every token count).
 Imports jax, numpy and this package only.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 
@@ -22,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import timing
+from ufbert_jax.kernels import fff_pallas
 
 from ufbert_jax import fff, fff_math
 
@@ -56,10 +59,23 @@ def training_call(forward, dtype, cast):
     return op
 
 
+# The Pallas training kernels at every token count: "pallas" switches to them at
+# BlockSizes.routed_min_tokens only (the masked form below), this row measures them below it too.
+ROUTED_EVERYWHERE = "pallas-routed"
+
+
 def impls(names) -> dict:
-    """name -> FFF training function x [T, H], w_in, b_in, w_out -> y ("pallas" on a GPU only)."""
-    names = [name for name in names if name != "pallas" or jax.default_backend() == "gpu"]
-    return {name: fff.resolve_impl(name) for name in names}
+    """name -> FFF training function x [T, H], w_in, b_in, w_out -> y (the Pallas rows on a GPU only)."""
+    on_gpu = jax.default_backend() == "gpu"
+    chosen = {}
+    for name in names:
+        if name == ROUTED_EVERYWHERE:
+            if on_gpu:
+                sizes = fff_pallas.BlockSizes(routed_min_tokens=1)
+                chosen[name] = functools.partial(fff_pallas.fff_pallas_train, sizes=sizes)
+        elif name != "pallas" or on_gpu:
+            chosen[name] = fff.resolve_impl(name)
+    return chosen
 
 
 def measure(op, xs, params, args) -> float:
@@ -80,7 +96,8 @@ def main():
         "--impls",
         nargs="+",
         default=["masked", "sparse", "pallas"],
-        help="FFF training forms (masked first); on a GPU 'sparse' is an unsorted scatter-add: slow",
+        help=f"FFF training forms (masked first), or {ROUTED_EVERYWHERE!r}; on a GPU 'sparse' is an unsorted "
+        "scatter-add: slow",
     )
     parser.add_argument("--json", help="also write the rows to this JSON file")
     args = parser.parse_args()
