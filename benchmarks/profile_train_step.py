@@ -31,8 +31,8 @@ from ufbert_jax.train.steps import train_step
 def trace_steps(model_name: str, batch: int, steps: int, out: Path, tiny: bool) -> Path:
     """Runs `steps` profiled train steps after warm-up; returns the .xplane.pb file written under out."""
     preset_name, _, impl = model_name.partition(":")
-    overrides = dict(train_throughput.TINY) if tiny else {}
-    cfg = preset(preset_name, dtype="bfloat16", fff_impl=impl or "auto", **overrides)
+    preset_name = train_throughput.TINY.get(preset_name, preset_name) if tiny else preset_name
+    cfg = preset(preset_name, dtype="bfloat16", fff_impl=impl or "auto")
     mesh = mesh_lib.make_mesh(1)
     model, optimizer = loop.init_state(cfg, optim.OptimizerConfig(), 0, mesh)  # the trainer's state
     step = nnx.cached_partial(train_step, model, optimizer)
@@ -51,6 +51,23 @@ def family(name: str) -> str:
     return re.sub(r"([._]\d+)+$", "", name)
 
 
+def occupancy(line, steps: int) -> str:
+    """Events per step, and the line's span (first start to last end) per step split into busy and idle.
+
+    The steps run back to back but each waits for the last, so the span holds the host's gap between two
+    steps too; the idle time inside it is what fewer, larger launches could win back.
+    """
+    intervals = sorted((event.start_ns, event.start_ns + event.duration_ns) for event in line.events)
+    busy, reach = 0.0, intervals[0][0]
+    for start, end in intervals:  # the union of the intervals: overlapping events count once
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    span = (reach - intervals[0][0]) / 1e6 / steps
+    busy = busy / 1e6 / steps
+    idle = span - busy
+    return f"{len(intervals) / steps:.0f} events, span {span:.2f} ms = busy {busy:.2f} + idle {idle:.2f}"
+
+
 def summarize(path: Path, steps: int, top: int) -> None:
     """Prints, per device plane and line, the ops by total time per step."""
     profile = jax.profiler.ProfileData.from_file(str(path))
@@ -66,7 +83,7 @@ def summarize(path: Path, steps: int, top: int) -> None:
                 continue
             fff = sum(ms for name, ms in durations.items() if "fff" in name)
             share = f"FFF kernels {fff:.2f} ms ({fff / total:.1%})"
-            print(f"{plane.name} / {line.name}: {total:.2f} ms per step; {share}")
+            print(f"{plane.name} / {line.name}: {total:.2f} ms per step; {share}; {occupancy(line, steps)}")
             for name, ms in durations.most_common(top):
                 print(f"{ms:>9.3f} ms {ms / total:>6.1%} {counts[name] / steps:>7.1f}x  {name[:90]}")
 
