@@ -21,6 +21,7 @@ Imports jax and numpy only (the GPU machine has nothing else).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -71,3 +72,15 @@ class ChainedLoop:
         start = time.perf_counter()
         self.run(self.turns)
         return (time.perf_counter() - start) / (self.turns * self.calls_per_turn)
+
+
+def interleaved(samplers: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Every sampler once per round, round by round: load on a shared machine hits them all alike.
+
+    Returns each sampler's samples (seconds per call, say), in round order.
+    """
+    samples = {name: [] for name in samplers}
+    for _ in range(rounds):
+        for name, sample in samplers.items():
+            samples[name].append(sample())
+    return samples

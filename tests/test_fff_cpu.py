@@ -247,7 +247,7 @@ def test_the_widest_build_is_the_default_and_bad_isa_names_are_named(monkeypatch
 
 
 def test_auto_picks_the_kernel_on_cpu(rng):
-    assert fff._inference("cpu") is fff_cpu.fff_cpu
+    assert fff.cpu_forms(1, 3)[0] == "cpu"
     x, w_in, b_in, w_out = draw(rng, 1, 3, 16)
     lowered = jax.jit(lambda *a: fff.apply(*a, impl="auto")).lower(x, w_in, b_in, w_out).as_text()
     assert fff_cpu.TARGET in lowered

@@ -41,6 +41,7 @@ __all__ = [
     "RUNS_ON",
     "Impl",
     "apply",
+    "cpu_forms",
     "paths",
     "resolve_impl",
     "resolve_platform",
@@ -107,14 +108,14 @@ def with_training_vjp(inference: Impl, training: Impl) -> Impl:
     return differentiable
 
 
-def _cpu_forward() -> Impl:
+def _cpu_kernel() -> Impl:
     """The CPU custom call where it can be built here, else the pure-JAX conditional form, with a warning."""
     if fff_cpu.is_available():
         return fff_cpu.fff_cpu
     warnings.warn(
         f"FFF impl 'auto' falls back to 'conditional' on CPU: {fff_cpu.unavailable_reason()}",
         RuntimeWarning,
-        stacklevel=5,
+        stacklevel=6,
     )
     return fff_math.conditional
 
@@ -124,10 +125,35 @@ def _cpu_forward() -> Impl:
 CPU_SPARSE_MIN_DEPTH = 8
 
 
+def cpu_forms(trees: int, depth: int) -> tuple[str, str]:
+    """(inference form, training form) that "auto" runs on CPU for K = `trees` trees of depth D = `depth`.
+
+    Inference: the custom call ("cpu"). Training: "sparse" for D >= CPU_SPARSE_MIN_DEPTH, else "masked".
+    """
+    return "cpu", ("sparse" if depth >= CPU_SPARSE_MIN_DEPTH else "masked")
+
+
+def _shape_forms(w_in: jax.Array) -> tuple[str, str]:
+    """cpu_forms for the trees of w_in [K, N, H] (shapes are static: chosen once per trace)."""
+    trees, nodes, _ = w_in.shape
+    return cpu_forms(trees, fff_math.depth_from_nodes(nodes))
+
+
+def _cpu_inference() -> Impl:
+    """The forward cpu_forms names per shape: the custom call (or its fallback) or the masked form."""
+    kernel = _cpu_kernel()
+
+    def forward(x, w_in, b_in, w_out):
+        form = kernel if _shape_forms(w_in)[0] == "cpu" else fff_math.masked
+        return form(x, w_in, b_in, w_out)
+
+    return forward
+
+
 def _cpu_training(x, w_in, b_in, w_out):
-    """The sparse form for deep trees, the masked form for shallow ones (where its dense products win)."""
-    deep = fff_math.depth_from_nodes(w_in.shape[1]) >= CPU_SPARSE_MIN_DEPTH
-    return (fff_math.sparse if deep else fff_math.masked)(x, w_in, b_in, w_out)
+    """The training form cpu_forms names for these trees: sparse or masked."""
+    form = fff_math.sparse if _shape_forms(w_in)[1] == "sparse" else fff_math.masked
+    return form(x, w_in, b_in, w_out)
 
 
 def _pallas(platform: str) -> tuple[Impl, Impl]:
@@ -180,7 +206,7 @@ def _inference(platform: str) -> Impl:
     if platform == "gpu":
         return _pallas(platform)[0]
     if platform == "cpu":
-        return _cpu_forward()
+        return _cpu_inference()
     return fff_math.masked
 
 
