@@ -69,6 +69,9 @@ FORMS = {
 }
 GATHER_FORMS = ("conditional", "sparse")
 GATHER_LIMIT_BYTES = 2**30
+# A form whose timed warm-up call is this many times slower than the baseline's is timed by that call alone
+# (listed under "timed_once"): the custom call on 3072 trees of depth 0 takes about 14 s at 16384 tokens.
+SLOW_FACTOR = 4.0
 ROTATE = 2  # layer parts: input sets cycled through, so x does not sit in a cache
 HIDDEN = layer_ops.HIDDEN
 WIDTH = layer_ops.DENSE_WIDTHS["dense3072"]
@@ -109,8 +112,12 @@ def gather_bytes(row: str, tokens: int) -> int:
 
 
 def forms(part: str, backend: str, row: str, tokens: int) -> tuple[list[str], dict[str, str]]:
-    """(forms timed, {form: why skipped}) of one row in one part."""
-    chosen = ["auto", *FORMS[part].get(backend, ("masked",))]
+    """(forms timed, {form: why skipped}) of one row in one part.
+
+    "auto" is timed where its pick is not known beforehand (picks() is None); elsewhere its cell is the
+    time of the form it picks.
+    """
+    chosen = ["auto"] * (picks(part, backend, row) is None) + list(FORMS[part].get(backend, ("masked",)))
     skipped = {}
     if part != "encoder" and gather_bytes(row, tokens) > GATHER_LIMIT_BYTES:
         for form in [*chosen]:
@@ -203,18 +210,25 @@ def measure_part(part: str, args: argparse.Namespace, backend: str, dtype: str) 
     rows, baseline_samples = {}, []
     for row in args.rows:
         names, skipped = forms(part, backend, row, args.tokens)
+        loops = runner.loops(row, names)
+        slow = {n: loop.first_s for n, loop in loops.items() if loop.first_s > SLOW_FACTOR * baseline.first_s}
         samplers = {"baseline": baseline.sample} | {
-            n: loop.sample for n, loop in runner.loops(row, names).items()
+            n: loop.sample for n, loop in loops.items() if n not in slow
         }
-        samples = timing.interleaved(samplers, args.rounds)
+        samples = timing.interleaved(samplers, args.rounds) | {n: [seconds] for n, seconds in slow.items()}
         baseline_samples += samples.pop("baseline")
         ms = lambda seconds: 1e3 * statistics.median(seconds)  # noqa: E731
+        times = {name: ms(samples[name]) for name in names}
+        if (pick := picks(part, backend, row)) in times:
+            times = {"auto": times[pick]} | times
         rows[row] = {
-            "ms": {name: ms(seconds) for name, seconds in samples.items()},
+            "ms": times,
             "baseline_ms": ms(baseline_samples[-args.rounds :]),
             "picks": picks(part, backend, row),
             "skipped": skipped,
+            "timed_once": sorted(slow),
         }
+        del loops
         cells = " ".join(f"{n} {v:.2f} ms" for n, v in rows[row]["ms"].items())
         print(f"{part} {row}: baseline {rows[row]['baseline_ms']:.2f} ms, {cells}", flush=True)
     return {"baseline_ms": 1e3 * statistics.median(baseline_samples), "rows": rows}
@@ -261,19 +275,22 @@ def table(result: dict) -> str:
         for p in parts:
             data = result["parts"][p]["rows"][row]
             up = speedups(result["parts"][p], row)
+            once = set(data.get("timed_once", ()))
+            mark = lambda n, once=once: "*" if n in once else ""  # noqa: E731
             auto = data["ms"].get("auto")
             cells += [
-                f"{auto:.2f}" if auto else "-",
-                f"{up['auto']:.2f}" if auto else "-",
+                f"{auto:.2f}{mark('auto')}" if auto else "-",
+                f"{up['auto']:.2f}{mark('auto')}" if auto else "-",
                 data["picks"] or "-",
             ]
-            cells += [f"{up[n]:.2f}" if n in up else "-" for n in columns[p]]
+            cells += [f"{up[n]:.2f}{mark(n)}" if n in up else "-" for n in columns[p]]
         lines.append(cells)
     load = f"load average {result['load_before'][0]:.2f} before, {result['load_after'][0]:.2f} after"
     caption = (
         f"{where(result)}, {result['dtype']}, {result['machine'].get('cores_used', '?')} cores, {load}; "
         f"ms per call (median of {a['rounds']} rounds) and speedup x over the baseline measured in the same "
-        "rounds."
+        f"rounds; * timed by one call (over {SLOW_FACTOR:g}x slower than the baseline); - not timed (the "
+        "[T, K, H] rows of a gather form over GATHER_LIMIT_BYTES)."
     )
     rows = [head, rule, *lines]
     return caption + "\n\n" + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"

@@ -120,17 +120,27 @@ def _cpu_kernel() -> Impl:
     return fff_math.conditional
 
 
-# On CPU the sparse form trains faster than the masked one from this depth on (forward + backward, float32,
-# 2 threads, benchmarks/fff_train_layer.py: 0.89x at D=7, 6.8x at D=11 with H=768; 0.70x at D=5, H=128).
+# CPU rules, measured with benchmarks/speed_map.py at 16384 tokens (float32, 2 threads, AMD EPYC Zen 4;
+# docs/speed_map.md), on the paper's rows (K trees x depth D, K N about 4096). Both forms' costs grow linearly
+# with K (the custom call walks and writes y tree by tree; the masked form is one dense product of width
+# K N), so the crossover is a depth. Inference: the custom call from this depth on (ms, masked vs custom
+# call: 512x2 1396 vs 2966, 256x3 2344 vs 2269, 128x4 1815 vs 967; 3072x0 992 vs 13127).
+CPU_KERNEL_MIN_DEPTH = 3
+# Training (forward + backward): the sparse form from this depth on (ms, masked vs sparse: 16x7 4957 vs
+# 6404, 8x8 4647 vs 2115, 4x9 4816 vs 1451).
 CPU_SPARSE_MIN_DEPTH = 8
 
 
 def cpu_forms(trees: int, depth: int) -> tuple[str, str]:
     """(inference form, training form) that "auto" runs on CPU for K = `trees` trees of depth D = `depth`.
 
-    Inference: the custom call ("cpu"). Training: "sparse" for D >= CPU_SPARSE_MIN_DEPTH, else "masked".
+    Inference: the custom call ("cpu") for D >= CPU_KERNEL_MIN_DEPTH, else "masked". Training: "sparse" for
+    D >= CPU_SPARSE_MIN_DEPTH, else "masked". The measured crossovers do not depend on K (see above).
     """
-    return "cpu", ("sparse" if depth >= CPU_SPARSE_MIN_DEPTH else "masked")
+    if trees < 1 or depth < 0:
+        raise ValueError(f"need trees >= 1 and depth >= 0; got {trees=}, {depth=}")
+    inference = "cpu" if depth >= CPU_KERNEL_MIN_DEPTH else "masked"
+    return inference, ("sparse" if depth >= CPU_SPARSE_MIN_DEPTH else "masked")
 
 
 def _shape_forms(w_in: jax.Array) -> tuple[str, str]:
@@ -188,7 +198,7 @@ def _training(platform: str) -> Impl:
     """The fastest exact training form per platform (benchmarks/fff_train_layer.py measures them).
 
     GPU: the Pallas training kernels where they apply (one tree, bfloat16, enough tokens), else the masked
-    form. CPU: the sparse form for trees of depth >= CPU_SPARSE_MIN_DEPTH, else the masked form. TPU and
+    form. CPU: ``cpu_forms``' training form (sparse for deep trees, else masked). TPU and
     elsewhere: the masked form (dense products, no gathers or scatters; see the TPU note above).
     """
     if platform == "gpu":
@@ -199,7 +209,7 @@ def _training(platform: str) -> Impl:
 
 
 def _inference(platform: str) -> Impl:
-    """The fastest forward per platform: the Pallas kernels on GPU, the custom call on CPU, else masked.
+    """The fastest forward per platform: the Pallas kernels on GPU, on CPU ``cpu_forms``' choice, else masked.
 
     TPU: the masked form (see the TPU note above).
     """
@@ -233,11 +243,12 @@ def resolve_impl(impl: str, platform: str | None = None) -> Impl:
 
     `platform`: one of PLATFORMS, default ``resolve_platform()`` (the target platform of an export, else the
     default backend). "auto": without gradient the platform's fastest forward (GPU: Pallas kernels; CPU:
-    the custom call, or the conditional form where it cannot be built; TPU and elsewhere: masked); under
-    differentiation the fastest exact training form (GPU: the Pallas training kernels where they apply,
-    else masked; CPU: sparse for deep trees, else masked; TPU and elsewhere: masked). "pallas" and "cpu"
-    differentiate through the Pallas training kernels and the sparse form. A form asked for on a platform
-    where it cannot run (``RUNS_ON``: "pallas" on a TPU, "cpu" off a CPU) raises ValueError.
+    ``cpu_forms``: the custom call for trees of depth >= 3, or the conditional form where it cannot be
+    built, else masked; TPU and elsewhere: masked); under differentiation the fastest exact training form
+    (GPU: the Pallas training kernels where they apply, else masked; CPU: sparse for depth >= 8, else
+    masked; TPU and elsewhere: masked). "pallas" and "cpu" differentiate through the Pallas training
+    kernels and the sparse form. A form asked for on a platform where it cannot run (``RUNS_ON``: "pallas"
+    on a TPU, "cpu" off a CPU) raises ValueError.
     """
     impl, platform = check_impl(impl), resolve_platform(platform)
     runs_on = RUNS_ON.get(impl, (platform,))
