@@ -28,7 +28,7 @@ Writes ``speed_map_{backend}.json`` (the rows, machine, ISA, load average, argum
 and ``.png`` (speedup over the baseline against the row, one panel per part) to --out. ``--plot`` rebuilds
 the table and the plot from saved JSONs, all machines in one figure: ``speed_map.md``, ``speed_map.png``.
 
-Expected time on a 2-core CPU with the defaults: about 30 minutes (docs/speed_map.md); ``--quick`` (T 1024,
+Measured time on a 2-core Zen 4 with ``--rounds 2``: 40 minutes (docs/speed_map.md); ``--quick`` (T 1024,
 1 x 128 ids, one round) a few minutes, most of it compiling 13 encoders.
 """
 
@@ -72,6 +72,9 @@ GATHER_LIMIT_BYTES = 2**30
 # A form whose timed warm-up call is this many times slower than the baseline's is timed by that call alone
 # (listed under "timed_once"): the custom call on 3072 trees of depth 0 takes about 14 s at 16384 tokens.
 SLOW_FACTOR = 4.0
+# Plot styles: a colour per form, a marker per machine (file given to --plot).
+FORM_COLORS = {"auto": "black", "masked": "C1", "cpu": "C2", "sparse": "C3", "pallas": "C4"}
+MARKERS = "os^vD"
 ROTATE = 2  # layer parts: input sets cycled through, so x does not sit in a cache
 HIDDEN = layer_ops.HIDDEN
 WIDTH = layer_ops.DENSE_WIDTHS["dense3072"]
@@ -326,20 +329,20 @@ def plot(results: list[dict], path: Path) -> None:
             )
             for name in names:
                 ups = [speedups(result["parts"][part], r).get(name, np.nan) for r in rows]
-                style = "o-" if name == "auto" else "x--"
+                auto = name == "auto"
                 ax.plot(
                     labels,
                     ups,
-                    style,
-                    color=f"C{i}" if name == "auto" else None,
-                    alpha=1.0 if name == "auto" else 0.6,
-                    lw=2 if name == "auto" else 1,
+                    f"{MARKERS[i % len(MARKERS)]}{'-' if auto else '--'}",
+                    color=FORM_COLORS.get(name, "gray"),
+                    alpha=1.0 if auto else 0.7,
+                    lw=2 if auto else 1,
                     label=f"{where(result)} {result['dtype']}: {name}",
                 )
         ax.axhline(1.0, color="gray", lw=0.8)
-        ax.set(
-            yscale="log", xlabel="UltraFastBERT K x D", ylabel="speedup over the dense FF / crammedBERT-3072"
-        )
+        ax.set(yscale="log", xlabel="UltraFastBERT K x D")
+        if part == parts[0]:
+            ax.set_ylabel("speedup over the dense FF / crammedBERT-3072")
         ax.set_title(PART_TITLES[part], fontsize=10)
         ax.tick_params(axis="x", rotation=60)
         ax.grid(True, which="both", alpha=0.3)

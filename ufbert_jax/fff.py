@@ -124,11 +124,12 @@ def _cpu_kernel() -> Impl:
 # docs/speed_map.md), on the paper's rows (K trees x depth D, K N about 4096). Both forms' costs grow linearly
 # with K (the custom call walks and writes y tree by tree; the masked form is one dense product of width
 # K N), so the crossover is a depth. Inference: the custom call from this depth on (ms, masked vs custom
-# call: 512x2 1396 vs 2966, 256x3 2344 vs 2269, 128x4 1815 vs 967; 3072x0 992 vs 13127).
+# call: 3072x0 1077 vs 15599, 512x2 1440 vs 3061, 256x3 1640 vs 1639, 128x4 1793 vs 882).
 CPU_KERNEL_MIN_DEPTH = 3
-# Training (forward + backward): the sparse form from this depth on (ms, masked vs sparse: 16x7 4957 vs
-# 6404, 8x8 4647 vs 2115, 4x9 4816 vs 1451).
-CPU_SPARSE_MIN_DEPTH = 8
+# Training (forward + backward): the sparse form from this depth on (ms, masked vs sparse: 16x7 4720 vs
+# 3975, 8x8 4691 vs 2414, 1x11 5008 vs 628). At 16384 tokens its [T, K, H] gathers of K >= 32 trees (depth
+# <= 6 in the paper's rows) exceed 1 GiB a level, and speed_map.py does not time them there.
+CPU_SPARSE_MIN_DEPTH = 7
 
 
 def cpu_forms(trees: int, depth: int) -> tuple[str, str]:
@@ -245,7 +246,7 @@ def resolve_impl(impl: str, platform: str | None = None) -> Impl:
     default backend). "auto": without gradient the platform's fastest forward (GPU: Pallas kernels; CPU:
     ``cpu_forms``: the custom call for trees of depth >= 3, or the conditional form where it cannot be
     built, else masked; TPU and elsewhere: masked); under differentiation the fastest exact training form
-    (GPU: the Pallas training kernels where they apply, else masked; CPU: sparse for depth >= 8, else
+    (GPU: the Pallas training kernels where they apply, else masked; CPU: sparse for depth >= 7, else
     masked; TPU and elsewhere: masked). "pallas" and "cpu" differentiate through the Pallas training
     kernels and the sparse form. A form asked for on a platform where it cannot run (``RUNS_ON``: "pallas"
     on a TPU, "cpu" off a CPU) raises ValueError.
