@@ -11,8 +11,9 @@ count runs in its own subprocess pinned with ``taskset`` to that many cores, wit
 ``XLA_FLAGS``); the table shows the measured CPU time / wall time of each variant, i.e. how many threads
 actually ran. Prints medians (ms) and
 speedups over dense-3072, saves a plot of speedup against tokens to ``--out``. Expected at 16384 tokens on 2
-threads: the custom call over 100x dense-3072 with loop timing, about 100x with call timing
-(docs/cpu_kernel.md has the measured numbers and machine).
+threads: on a Zen 1 (AVX2) the custom call over 100x dense-3072 with loop timing, about 100x with call
+timing; on a Zen 4 (AVX-512), where the dense baseline is 2.5x faster, 69-85x with loop timing
+(docs/cpu_kernel.md has the measured numbers and machines).
 
 Two timing modes (``--timing``), the same for every variant:
 

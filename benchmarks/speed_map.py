@@ -29,7 +29,7 @@ and ``.png`` (speedup over the baseline against the row, one panel per part) to 
 the table and the plot from saved JSONs, all machines in one figure: ``speed_map.md``, ``speed_map.png``.
 
 Measured time on a 2-core Zen 4 with ``--rounds 2``: 40 minutes (docs/speed_map.md); ``--quick`` (T 1024,
-1 x 128 ids, one round) a few minutes, most of it compiling 13 encoders.
+1 x 128 ids, one round) 3 minutes there, most of it compiling 13 encoders.
 """
 
 from __future__ import annotations
