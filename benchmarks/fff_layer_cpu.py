@@ -7,11 +7,13 @@ Variants, timed side by side in one process per thread count (interleaved round 
 machine hits them alike): the custom call (``fff_cpu``), the dense 768->3072->768 and 768->4095->768 GELU
 feedforwards (benchmarks/layer_ops.py), and the pure-JAX ``conditional`` and ``masked`` forms. Each thread
 count runs in its own subprocess pinned with ``taskset`` to that many cores, with XLA's intra-op pool set by
-``XLA_FLAGS`` (``--xla_cpu_multi_thread_eigen`` and ``intra_op_parallelism_threads``); the table shows the
-measured CPU time / wall time of each variant, i.e. how many threads actually ran. Prints medians (ms) and
+``XLA_FLAGS`` (``--xla_cpu_multi_thread_eigen`` and ``intra_op_parallelism_threads``, after the caller's own
+``XLA_FLAGS``); the table shows the measured CPU time / wall time of each variant, i.e. how many threads
+actually ran. Prints medians (ms) and
 speedups over dense-3072, saves a plot of speedup against tokens to ``--out``. Expected at 16384 tokens on 2
-threads: the custom call over 100x dense-3072 with loop timing, about 100x with call timing
-(docs/cpu_kernel.md has the measured numbers and machine).
+threads: on a Zen 1 (AVX2) the custom call over 100x dense-3072 with loop timing, about 100x with call
+timing; on a Zen 4 (AVX-512), where the dense baseline is 2.5x faster, 69-85x with loop timing
+(docs/cpu_kernel.md has the measured numbers and machines).
 
 Two timing modes (``--timing``), the same for every variant:
 
@@ -161,7 +163,9 @@ def run_thread_count(threads: int, args: argparse.Namespace) -> list[dict]:
     multi = "true" if threads > 1 else "false"
     env = {
         **os.environ,
-        "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={multi} intra_op_parallelism_threads={threads}",
+        # The caller's XLA_FLAGS first (e.g. --xla_cpu_max_isa=AVX2 for an AVX2 stand-in), then the threads.
+        "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_cpu_multi_thread_eigen={multi} "
+        f"intra_op_parallelism_threads={threads}".strip(),
     }
     cmd = [
         "taskset",

@@ -78,6 +78,25 @@ def impls(names) -> dict:
     return chosen
 
 
+def weights(rng, hidden: int, width: int, trees: int, depth: int) -> tuple[tuple, tuple]:
+    """float32 weights ((w1 [H, W], w2 [W, H]), (w_in [K, N, H], b_in [K, N], w_out [K, N, H])).
+
+    N(0, 0.02^2) and a zero bias, the model's initialisation (ufbert_jax.model).
+    """
+    nodes = 2 ** (depth + 1) - 1
+
+    def weight(*shape, scale):
+        return jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
+
+    dense = (weight(hidden, width, scale=0.02), weight(width, hidden, scale=0.02))
+    fff_weights = (
+        weight(trees, nodes, hidden, scale=0.02),
+        weight(trees, nodes, scale=0.0),
+        weight(trees, nodes, hidden, scale=0.02),
+    )
+    return dense, fff_weights
+
+
 def measure(op, xs, params, args) -> float:
     loop = timing.ChainedLoop(op, xs, params, calls_per_turn=4, target_s=args.target_s)
     return statistics.median(loop.sample() for _ in range(args.repeats))
@@ -112,16 +131,7 @@ def main():
         xs = [jnp.asarray(rng.standard_normal((tokens, hidden)), dtype) for _ in range(2)]
         cotangent = jnp.asarray(rng.standard_normal((tokens, hidden)), dtype)
         small = jnp.zeros((1,), jnp.float32)
-
-        def weight(*shape, scale):
-            return jnp.asarray(scale * rng.standard_normal(shape), jnp.float32)
-
-        dense = (weight(hidden, args.width, scale=0.02), weight(args.width, hidden, scale=0.02))
-        fff_weights = (
-            weight(1, nodes, hidden, scale=0.02),
-            weight(1, nodes, scale=0.0),
-            weight(1, nodes, hidden, scale=0.02),
-        )
+        dense, fff_weights = weights(rng, hidden, args.width, 1, args.depth)
         times = {
             "dense": measure(
                 training_call(dense_ff, dtype, (True, True)), xs, (small, cotangent, *dense), args

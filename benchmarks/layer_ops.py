@@ -45,11 +45,17 @@ def inputs(rng: np.random.Generator, tokens: int, dtype, rotate: int) -> list[ja
     return [jnp.asarray(rng.standard_normal((tokens, HIDDEN)), dtype) for _ in range(rotate)]
 
 
-def fff_params(rng: np.random.Generator, dtype) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(b_in [K, N] float32, w_in [K, N, H], w_out [K, N, H]): logits of order 1 for x ~ N(0, 1)."""
-    b_in = jnp.asarray(0.1 * rng.standard_normal((TREES, NODES)), jnp.float32)
-    w_in = jnp.asarray(rng.standard_normal((TREES, NODES, HIDDEN)) / np.sqrt(HIDDEN), dtype)
-    w_out = jnp.asarray(0.02 * rng.standard_normal((TREES, NODES, HIDDEN)), dtype)
+def fff_params(
+    rng: np.random.Generator, dtype, trees: int = TREES, depth: int = DEPTH
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(b_in [K, N] float32, w_in [K, N, H], w_out [K, N, H]): logits of order 1 for x ~ N(0, 1).
+
+    K = `trees`, N = 2^(`depth` + 1) - 1; UltraFastBERT-1x11 by default.
+    """
+    nodes = 2 ** (depth + 1) - 1
+    b_in = jnp.asarray(0.1 * rng.standard_normal((trees, nodes)), jnp.float32)
+    w_in = jnp.asarray(rng.standard_normal((trees, nodes, HIDDEN)) / np.sqrt(HIDDEN), dtype)
+    w_out = jnp.asarray(0.02 * rng.standard_normal((trees, nodes, HIDDEN)), dtype)
     return b_in, w_in, w_out
 
 

@@ -145,16 +145,16 @@ def forward(graphdef, head: str):
     return run
 
 
-def chained_loop(graphdef, state, head: str, batch: int, args: argparse.Namespace, rng) -> timing.ChainedLoop:
-    """Compiled chained jitted calls (benchmarks/timing.py) of one row at one batch size."""
+def chained_loop(graphdef, state, head: str, batch: int, seq: int, loop_s: float, rng) -> timing.ChainedLoop:
+    """Compiled chained jitted calls (benchmarks/timing.py) of one row on B = `batch` x S = `seq` ids."""
     run = forward(graphdef, head)
-    ids = jnp.asarray(rng.integers(1, 32768, (batch, args.seq)), jnp.int32)
-    mask = jnp.ones((batch, args.seq), jnp.int32)
+    ids = jnp.asarray(rng.integers(1, 32768, (batch, seq)), jnp.int32)  # [B, S]
+    mask = jnp.ones((batch, seq), jnp.int32)  # [B, S]
 
     def op(x, small, state, mask):  # small: the chained operand, which x (the ids) is tied to
         return run(x, state, mask)
 
-    return timing.ChainedLoop(op, [ids], (jnp.zeros((), jnp.float32), state, mask), 1, args.loop_s, 10_000)
+    return timing.ChainedLoop(op, [ids], (jnp.zeros((), jnp.float32), state, mask), 1, loop_s, 10_000)
 
 
 def latency_jax(graphdef, state, args: argparse.Namespace, rng) -> float:
@@ -280,13 +280,10 @@ def main(argv: list[str]) -> None:
     started = time.perf_counter()
     for batch in args.batches:  # every row at one batch size, interleaved round by round: load hits all alike
         loops = {
-            name: chained_loop(graphdef, state, head, batch, args, rng)
+            name: chained_loop(graphdef, state, head, batch, args.seq, args.loop_s, rng)
             for name, head, graphdef, state in rows
         }
-        samples = {name: [] for name in loops}
-        for _ in range(args.rounds):
-            for name, loop in loops.items():
-                samples[name].append(loop.sample())
+        samples = timing.interleaved({name: loop.sample for name, loop in loops.items()}, args.rounds)
         for name, seconds in samples.items():
             ms = 1e3 * float(np.median(seconds))
             results["rows"].setdefault(name, {"ms": {}})["ms"][str(batch)] = ms

@@ -21,6 +21,7 @@ Imports jax and numpy only (the GPU machine has nothing else).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +50,9 @@ def timed_loop(op, calls_per_turn, tie_x=True):
 class ChainedLoop:
     """op(x, *params) for x in xs, chained in a jitted loop (params[0] is the small operand).
 
-    The constructor compiles and runs one turn (warm-up), then times one turn and picks the number of
-    turns that makes a loop last about target_s (1 to max_turns); ``sample()`` times one such loop.
+    The constructor compiles and runs one turn (warm-up), then times one turn (``first_s``: seconds per
+    call in it) and picks the number of turns that makes a loop last about target_s (1 to max_turns);
+    ``sample()`` times one such loop.
     """
 
     def __init__(self, op, xs, params, calls_per_turn, target_s, max_turns=500, tie_x=True):
@@ -60,7 +62,9 @@ class ChainedLoop:
         self.run(1)  # compile and warm up
         start = time.perf_counter()
         self.run(1)
-        self.turns = int(np.clip(target_s / (time.perf_counter() - start), 1, max_turns))
+        turn_s = time.perf_counter() - start
+        self.first_s = turn_s / calls_per_turn
+        self.turns = int(np.clip(target_s / turn_s, 1, max_turns))
 
     def run(self, turns: int) -> None:
         """One loop of `turns` turns, waited for."""
@@ -71,3 +75,15 @@ class ChainedLoop:
         start = time.perf_counter()
         self.run(self.turns)
         return (time.perf_counter() - start) / (self.turns * self.calls_per_turn)
+
+
+def interleaved(samplers: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Every sampler once per round, round by round: load on a shared machine hits them all alike.
+
+    Returns each sampler's samples (seconds per call, say), in round order.
+    """
+    samples = {name: [] for name in samplers}
+    for _ in range(rounds):
+        for name, sample in samplers.items():
+            samples[name].append(sample())
+    return samples

@@ -218,6 +218,21 @@ def test_auto_differentiates_through_the_platforms_training_form(rng, depth, for
         np.testing.assert_array_equal(a, b)
 
 
+def test_cpu_forms_of_the_paper_rows():
+    """The CPU rule on the paper's rows: custom call from depth 3, sparse training from depth 7."""
+    rows = [(3072, 0), (1536, 1), (512, 2), (256, 3), (128, 4), (64, 5), (32, 6), (16, 7), (8, 8), (1, 11)]
+    got = {f"{k}x{d}": fff.cpu_forms(k, d) for k, d in rows}
+    assert {row for row, (inference, _) in got.items() if inference == "cpu"} == {
+        "256x3", "128x4", "64x5", "32x6", "16x7", "8x8", "1x11"
+    }  # fmt: skip
+    assert {row for row, (_, training) in got.items() if training == "sparse"} == {"16x7", "8x8", "1x11"}
+    assert set(got.values()) <= {("masked", "masked"), ("cpu", "masked"), ("cpu", "sparse")}
+    with pytest.raises(ValueError, match="trees=0"):
+        fff.cpu_forms(0, 3)
+    with pytest.raises(ValueError, match="depth=-1"):
+        fff.cpu_forms(1, -1)
+
+
 @pytest.mark.parametrize("nodes", [0, 2, 4, 5, 6, 8, 14, 16, 4096])
 def test_bad_node_count_is_named(nodes):
     w = jnp.zeros((1, nodes, 8))

@@ -246,11 +246,16 @@ def test_the_widest_build_is_the_default_and_bad_isa_names_are_named(monkeypatch
         fff_cpu.isa()
 
 
-def test_auto_picks_the_kernel_on_cpu(rng):
-    assert fff._inference("cpu") is fff_cpu.fff_cpu
-    x, w_in, b_in, w_out = draw(rng, 1, 3, 16)
+@pytest.mark.parametrize("trees,depth", [(1, 3), (4, 2), (3, 0), (2, fff.CPU_KERNEL_MIN_DEPTH)])
+def test_auto_runs_the_kernel_on_cpu_from_the_kernel_depth_on(rng, trees, depth):
+    """'auto' lowers to the custom call exactly where cpu_forms names it, and equals that form's output."""
+    x, w_in, b_in, w_out = draw(rng, trees, depth, 16)
     lowered = jax.jit(lambda *a: fff.apply(*a, impl="auto")).lower(x, w_in, b_in, w_out).as_text()
-    assert fff_cpu.TARGET in lowered
+    kernel = depth >= fff.CPU_KERNEL_MIN_DEPTH
+    assert fff.cpu_forms(trees, depth)[0] == ("cpu" if kernel else "masked")
+    assert (fff_cpu.TARGET in lowered) == kernel
+    expected = fff.apply(x, w_in, b_in, w_out, impl="cpu" if kernel else "masked")
+    np.testing.assert_array_equal(fff.apply(x, w_in, b_in, w_out, impl="auto"), expected)
 
 
 def test_missing_compiler_is_named_and_auto_falls_back(rng, monkeypatch, tmp_path):
@@ -263,7 +268,7 @@ def test_missing_compiler_is_named_and_auto_falls_back(rng, monkeypatch, tmp_pat
     fff._resolve.cache_clear()
     try:
         assert not fff_cpu.is_available()
-        x, w_in, b_in, w_out = draw(rng, 1, 2, 8)
+        x, w_in, b_in, w_out = draw(rng, 1, fff.CPU_KERNEL_MIN_DEPTH, 8)  # a depth 'auto' runs the kernel at
         with pytest.warns(RuntimeWarning, match="falls back to 'conditional' on CPU: .*nonexistent"):
             y = fff.apply(x, w_in, b_in, w_out, impl="auto")
         np.testing.assert_array_equal(y, fff_math.conditional(x, w_in, b_in, w_out))

@@ -41,6 +41,7 @@ __all__ = [
     "RUNS_ON",
     "Impl",
     "apply",
+    "cpu_forms",
     "paths",
     "resolve_impl",
     "resolve_platform",
@@ -107,27 +108,63 @@ def with_training_vjp(inference: Impl, training: Impl) -> Impl:
     return differentiable
 
 
-def _cpu_forward() -> Impl:
+def _cpu_kernel() -> Impl:
     """The CPU custom call where it can be built here, else the pure-JAX conditional form, with a warning."""
     if fff_cpu.is_available():
         return fff_cpu.fff_cpu
     warnings.warn(
         f"FFF impl 'auto' falls back to 'conditional' on CPU: {fff_cpu.unavailable_reason()}",
         RuntimeWarning,
-        stacklevel=5,
+        stacklevel=6,
     )
     return fff_math.conditional
 
 
-# On CPU the sparse form trains faster than the masked one from this depth on (forward + backward, float32,
-# 2 threads, benchmarks/fff_train_layer.py: 0.89x at D=7, 6.8x at D=11 with H=768; 0.70x at D=5, H=128).
-CPU_SPARSE_MIN_DEPTH = 8
+# CPU rules, measured with benchmarks/speed_map.py at 16384 tokens (float32, 2 threads, AMD EPYC Zen 4;
+# docs/speed_map.md), on the paper's rows (K trees x depth D, K N about 4096). Both forms' costs grow linearly
+# with K (the custom call walks and writes y tree by tree; the masked form is one dense product of width
+# K N), so the crossover is a depth. Inference: the custom call from this depth on (ms, masked vs custom
+# call: 3072x0 1077 vs 15599, 512x2 1440 vs 3061, 256x3 1640 vs 1639, 128x4 1793 vs 882).
+CPU_KERNEL_MIN_DEPTH = 3
+# Training (forward + backward): the sparse form from this depth on (ms, masked vs sparse: 16x7 4720 vs
+# 3975, 8x8 4691 vs 2414, 1x11 5008 vs 628). At 16384 tokens its [T, K, H] gathers of K >= 32 trees (depth
+# <= 6 in the paper's rows) exceed 1 GiB a level, and speed_map.py does not time them there.
+CPU_SPARSE_MIN_DEPTH = 7
+
+
+def cpu_forms(trees: int, depth: int) -> tuple[str, str]:
+    """(inference form, training form) that "auto" runs on CPU for K = `trees` trees of depth D = `depth`.
+
+    Inference: the custom call ("cpu") for D >= CPU_KERNEL_MIN_DEPTH, else "masked". Training: "sparse" for
+    D >= CPU_SPARSE_MIN_DEPTH, else "masked". The measured crossovers do not depend on K (see above).
+    """
+    if trees < 1 or depth < 0:
+        raise ValueError(f"need trees >= 1 and depth >= 0; got {trees=}, {depth=}")
+    inference = "cpu" if depth >= CPU_KERNEL_MIN_DEPTH else "masked"
+    return inference, ("sparse" if depth >= CPU_SPARSE_MIN_DEPTH else "masked")
+
+
+def _shape_forms(w_in: jax.Array) -> tuple[str, str]:
+    """cpu_forms for the trees of w_in [K, N, H] (shapes are static: chosen once per trace)."""
+    trees, nodes, _ = w_in.shape
+    return cpu_forms(trees, fff_math.depth_from_nodes(nodes))
+
+
+def _cpu_inference() -> Impl:
+    """The forward cpu_forms names per shape: the custom call (or its fallback) or the masked form."""
+    kernel = _cpu_kernel()
+
+    def forward(x, w_in, b_in, w_out):
+        form = kernel if _shape_forms(w_in)[0] == "cpu" else fff_math.masked
+        return form(x, w_in, b_in, w_out)
+
+    return forward
 
 
 def _cpu_training(x, w_in, b_in, w_out):
-    """The sparse form for deep trees, the masked form for shallow ones (where its dense products win)."""
-    deep = fff_math.depth_from_nodes(w_in.shape[1]) >= CPU_SPARSE_MIN_DEPTH
-    return (fff_math.sparse if deep else fff_math.masked)(x, w_in, b_in, w_out)
+    """The training form cpu_forms names for these trees: sparse or masked."""
+    form = fff_math.sparse if _shape_forms(w_in)[1] == "sparse" else fff_math.masked
+    return form(x, w_in, b_in, w_out)
 
 
 def _pallas(platform: str) -> tuple[Impl, Impl]:
@@ -162,7 +199,7 @@ def _training(platform: str) -> Impl:
     """The fastest exact training form per platform (benchmarks/fff_train_layer.py measures them).
 
     GPU: the Pallas training kernels where they apply (one tree, bfloat16, enough tokens), else the masked
-    form. CPU: the sparse form for trees of depth >= CPU_SPARSE_MIN_DEPTH, else the masked form. TPU and
+    form. CPU: ``cpu_forms``' training form (sparse for deep trees, else masked). TPU and
     elsewhere: the masked form (dense products, no gathers or scatters; see the TPU note above).
     """
     if platform == "gpu":
@@ -173,14 +210,14 @@ def _training(platform: str) -> Impl:
 
 
 def _inference(platform: str) -> Impl:
-    """The fastest forward per platform: the Pallas kernels on GPU, the custom call on CPU, else masked.
+    """The fastest forward per platform: the Pallas kernels on GPU, on CPU ``cpu_forms``' choice, else masked.
 
     TPU: the masked form (see the TPU note above).
     """
     if platform == "gpu":
         return _pallas(platform)[0]
     if platform == "cpu":
-        return _cpu_forward()
+        return _cpu_inference()
     return fff_math.masked
 
 
@@ -207,11 +244,12 @@ def resolve_impl(impl: str, platform: str | None = None) -> Impl:
 
     `platform`: one of PLATFORMS, default ``resolve_platform()`` (the target platform of an export, else the
     default backend). "auto": without gradient the platform's fastest forward (GPU: Pallas kernels; CPU:
-    the custom call, or the conditional form where it cannot be built; TPU and elsewhere: masked); under
-    differentiation the fastest exact training form (GPU: the Pallas training kernels where they apply,
-    else masked; CPU: sparse for deep trees, else masked; TPU and elsewhere: masked). "pallas" and "cpu"
-    differentiate through the Pallas training kernels and the sparse form. A form asked for on a platform
-    where it cannot run (``RUNS_ON``: "pallas" on a TPU, "cpu" off a CPU) raises ValueError.
+    ``cpu_forms``: the custom call for trees of depth >= 3, or the conditional form where it cannot be
+    built, else masked; TPU and elsewhere: masked); under differentiation the fastest exact training form
+    (GPU: the Pallas training kernels where they apply, else masked; CPU: sparse for depth >= 7, else
+    masked; TPU and elsewhere: masked). "pallas" and "cpu" differentiate through the Pallas training
+    kernels and the sparse form. A form asked for on a platform where it cannot run (``RUNS_ON``: "pallas"
+    on a TPU, "cpu" off a CPU) raises ValueError.
     """
     impl, platform = check_impl(impl), resolve_platform(platform)
     runs_on = RUNS_ON.get(impl, (platform,))
