@@ -8,6 +8,7 @@ so the draws hold none (tests.helpers.draw_clear).
 import os
 import subprocess
 import sys
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -272,6 +273,24 @@ def test_missing_compiler_is_named_and_auto_falls_back(rng, monkeypatch, tmp_pat
         with pytest.warns(RuntimeWarning, match="falls back to 'conditional' on CPU: .*nonexistent"):
             y = fff.apply(x, w_in, b_in, w_out, impl="auto")
         np.testing.assert_array_equal(y, fff_math.conditional(x, w_in, b_in, w_out))
+    finally:
+        fff._resolve.cache_clear()
+
+
+def test_shallow_trees_never_build_the_kernel_or_warn(rng, monkeypatch):
+    """Below CPU_KERNEL_MIN_DEPTH 'auto' runs the masked form: no build is tried, so no fallback warning."""
+
+    def no_build():
+        raise AssertionError("the custom call was looked up for trees that run the masked form")
+
+    monkeypatch.setattr(fff_cpu, "is_available", no_build)
+    fff._resolve.cache_clear()
+    try:
+        x, w_in, b_in, w_out = draw(rng, 3, fff.CPU_KERNEL_MIN_DEPTH - 1, 8)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            y = fff.apply(x, w_in, b_in, w_out, impl="auto")
+        np.testing.assert_array_equal(y, fff_math.masked(x, w_in, b_in, w_out))
     finally:
         fff._resolve.cache_clear()
 

@@ -150,15 +150,14 @@ def _shape_forms(w_in: jax.Array) -> tuple[str, str]:
     return cpu_forms(trees, fff_math.depth_from_nodes(nodes))
 
 
-def _cpu_inference() -> Impl:
-    """The forward cpu_forms names per shape: the custom call (or its fallback) or the masked form."""
-    kernel = _cpu_kernel()
+def _cpu_inference(x, w_in, b_in, w_out):
+    """The forward cpu_forms names for these trees: the custom call (or its fallback) or the masked form.
 
-    def forward(x, w_in, b_in, w_out):
-        form = kernel if _shape_forms(w_in)[0] == "cpu" else fff_math.masked
-        return form(x, w_in, b_in, w_out)
-
-    return forward
+    The custom call is looked up only for trees that run it, so a model of shallow trees never builds it
+    and never warns that it cannot.
+    """
+    form = _cpu_kernel() if _shape_forms(w_in)[0] == "cpu" else fff_math.masked
+    return form(x, w_in, b_in, w_out)
 
 
 def _cpu_training(x, w_in, b_in, w_out):
@@ -217,7 +216,7 @@ def _inference(platform: str) -> Impl:
     if platform == "gpu":
         return _pallas(platform)[0]
     if platform == "cpu":
-        return _cpu_inference()
+        return _cpu_inference
     return fff_math.masked
 
 
