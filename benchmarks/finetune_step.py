@@ -30,6 +30,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # before tqdm's import, which reads 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import train_throughput
 from flax import nnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # configs/ is not a package
@@ -39,7 +40,6 @@ from ufbert_jax.glue import finetune
 from ufbert_jax.model import SequenceClassifier
 
 MODELS = ("crammedbert-3072", "ultrafastbert-1x11:masked", "ultrafastbert-1x11:auto")
-TINY = {"crammedbert-3072": "tiny-dense", "ultrafastbert-1x11": "tiny-fff"}  # --tiny: config.TINY_PRESETS
 PAD_ID = 0
 
 
@@ -50,7 +50,7 @@ def examples(rng: np.random.Generator, count: int, length: int, vocab: int) -> l
 
 def measure(name: str, args, recipe: finetune.Recipe) -> dict:
     preset_name, _, impl = name.partition(":")
-    preset_name = TINY.get(preset_name, preset_name) if args.tiny else preset_name
+    preset_name = train_throughput.TINY.get(preset_name, preset_name) if args.tiny else preset_name
     cfg = preset(preset_name, dtype=args.dtype, fff_impl=impl or "auto", dropout=recipe.dropout)
     rng = np.random.default_rng(0)
     sequences = examples(rng, args.steps * recipe.batch_size, recipe.max_len, cfg.vocab_size)
